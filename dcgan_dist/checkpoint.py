@@ -1,0 +1,176 @@
+"""Checkpoints: save (atomic, every rank), find the newest complete one, verify, load, rotate.
+
+A checkpoint is `RUN/checkpoints/<kimg>/` (e.g. `000012.800/`) holding what
+`accelerator.save_state` writes (both models, both optimizers, the grad scaler, each rank's RNG
+states) plus one `dcgan_rank<r>.pt` per rank (its noise generator) and `meta.json` (image
+counter, data position, architecture, config, a digest of each rank's parameters).
+
+Atomicity: every rank writes into `checkpoints/.tmp-<kimg>/`; only after all ranks are done does
+rank zero write `meta.json`, flush everything to disk and rename the directory into place. A crash
+mid-save leaves a `.tmp-*` directory, which resume ignores and the next run deletes; a directory
+with a plain `<kimg>` name therefore always holds a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+CKPT_DIR = "checkpoints"
+META = "meta.json"
+FORMAT = "dcgan-dist-checkpoint/1"
+_NAME = re.compile(r"^\d{6}\.\d{3}$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, with a message that says why and what to do."""
+
+
+@dataclass
+class Progress:
+    """The training position: images shown to D (all ranks) and optimizer steps taken."""
+
+    nimg: int = 0
+    step: int = 0  # == batches each rank has consumed: the data position
+
+
+def name_for(nimg: int) -> str:
+    """Directory name of the checkpoint at `nimg` images: kimg, zero-padded, sortable."""
+    return f"{nimg / 1000:010.3f}"
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / META).is_file()]
+    return sorted(found, key=lambda p: float(p.name))
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {META}); an interrupted save leaves such "
+                              "directories. Use resume=auto to pick the newest complete one.")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT})")
+    return meta
+
+
+def params_digest(*modules: torch.nn.Module) -> str:
+    """SHA-256 of the modules' parameters (not buffers: BatchNorm statistics differ across ranks by design)."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, p in module.named_parameters():
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clean_partial(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete leftovers of interrupted saves (rank zero, at start-up). Returns what was removed."""
+    root = Path(run_dir) / CKPT_DIR
+    stale = [*root.glob(".tmp-*"), *root.glob(".old-*")]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state: dict, meta: dict[str, Any],
+         keep: int) -> Path:
+    """Collective: every rank must call it at the same point. Returns the final directory."""
+    root = Path(run_dir) / CKPT_DIR
+    final = root / name_for(progress.nimg)
+    tmp = root / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    torch.save(rank_state, tmp / f"dcgan_rank{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        full_meta = {"format": FORMAT, "nimg": progress.nimg, "kimg": progress.nimg / 1000, "step": progress.step,
+                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
+        (tmp / META).write_text(json.dumps(full_meta, indent=2) + "\n")
+        _fsync_tree(tmp)
+        if final.exists():  # saving the same kimg again (e.g. a stop right after a save): swap, then drop
+            old = root / f".old-{final.name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+        for stale in complete_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_resume(run_dir: str | os.PathLike, resume: str) -> Optional[Path]:
+    """The checkpoint `resume` asks for: auto -> newest complete one (or None), none -> None, else that path."""
+    existing = complete_checkpoints(run_dir)
+    if resume == "auto":
+        return existing[-1] if existing else None
+    if resume == "none":
+        if existing:
+            raise CheckpointError(
+                f"run.dir {run_dir} already holds checkpoints (newest {existing[-1].name}); resume=none would train "
+                "from scratch beside them and rotate them away. Use resume=auto to continue, or another run.dir.")
+        return None
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"resume={resume}: no such checkpoint directory")
+    read_meta(path)
+    return path
+
+
+def verify_compatible(path: Path, meta: dict, arch: dict) -> None:
+    """Refuse, before loading any tensor, a checkpoint of another architecture."""
+    theirs = meta.get("arch", {})
+    diff = {k: (theirs.get(k), v) for k, v in arch.items() if theirs.get(k) != v}
+    if diff:
+        what = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+        fix = " ".join(f"model.{k}={a}" for k, (a, _) in diff.items())
+        raise CheckpointError(f"checkpoint {path} was trained with another architecture ({what}). Resume it with "
+                              f"the matching settings ({fix}), or start a new run.dir / resume=none.")
+
+
+def load(accelerator, path: Path) -> tuple[Progress, Optional[dict]]:
+    """Collective: restore models, optimizers, scaler and RNG states; return the progress and this rank's state."""
+    meta = read_meta(path)
+    accelerator.load_state(str(path))
+    rank_file = path / f"dcgan_rank{accelerator.process_index}.pt"
+    rank_state = torch.load(rank_file, weights_only=False) if rank_file.is_file() else None
+    return Progress(nimg=int(meta["nimg"]), step=int(meta["step"])), rank_state

@@ -1,0 +1,215 @@
+"""The one home of every training default, and `load()` that turns YAML + overrides into a checked config.
+
+A config file is YAML whose keys mirror the dataclasses below. It may name a parent with
+`extends: other.yaml` (a path relative to the file); the child's keys win. Command-line
+overrides are `key=value` dot-lists (`train.kimg=50 optim.g_lr=1e-4`) and win over both.
+Every key is checked against this schema, so a typo or a wrong type fails at start-up with
+the key's name (OmegaConf adds a "Did you mean" suggestion).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+def opt(default: Any, help: str) -> Any:
+    """A schema field with its one-line help; `--help` prints these."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RunCfg:
+    dir: Optional[str] = opt(None, "output directory; default runs/<config file name>")
+    name: Optional[str] = opt(None, "run name shown in logs; default the config file name")
+
+
+@dataclass
+class DataCfg:
+    shards: str = opt("data/digits32/digits-{000000..000007}.tar",
+                      "webdataset shards: a local glob, a brace pattern or any URL webdataset opens")
+    workers: int = opt(2, "DataLoader worker processes per rank (each reads its own shards)")
+    shuffle_buffer: int = opt(512, "samples held in each worker's shuffle buffer")
+    hflip: bool = opt(False, "random horizontal flips (faces, fruits; not for digits)")
+    prefetch: int = opt(4, "batches each worker prepares ahead")
+
+
+@dataclass
+class ModelCfg:
+    resolution: int = opt(64, "image side in pixels: base * 2**n with base 4..7 (28, 32, 64, 128, ...)")
+    channels: int = opt(3, "image channels: 1 (gray) or 3 (RGB)")
+    z_dim: int = opt(100, "latent vector size")
+    g_width: int = opt(64, "generator width: channels of G's last hidden layer (ngf)")
+    d_width: int = opt(64, "discriminator width: channels of D's first layer (ndf)")
+    max_channels: int = opt(1024, "cap on any layer's channel count")
+    d_dropout: float = opt(0.0, "dropout after each LeakyReLU in D (0 = off)")
+
+
+@dataclass
+class LossCfg:
+    kind: str = opt("nonsaturating", "GAN loss: nonsaturating (BCE with logits)")
+    real_label: float = opt(1.0, "target for real images; < 1 is one-sided label smoothing (e.g. 0.9)")
+
+
+@dataclass
+class OptimCfg:
+    g_lr: float = opt(2e-4, "generator Adam learning rate")
+    d_lr: float = opt(2e-4, "discriminator Adam learning rate")
+    beta1: float = opt(0.5, "Adam beta1 (Radford: 0.5)")
+    beta2: float = opt(0.999, "Adam beta2")
+
+
+@dataclass
+class TrainCfg:
+    kimg: float = opt(100.0, "training length in thousands of real images shown to D (all ranks together)")
+    batch: int = opt(64, "global batch size (all ranks together); must divide by the number of processes")
+    mixed_precision: str = opt("auto", "no | bf16 | fp16 | auto (= the accelerate launch config's setting)")
+    tick_kimg: float = opt(1.0, "maintenance cadence: stats, logs and the progress line every this many kimg")
+    sample_every_kimg: float = opt(5.0, "write a fixed-noise sample grid every this many kimg (rounded to ticks)")
+    sample_grid: int = opt(64, "number of images in the sample grid")
+
+
+@dataclass
+class CheckpointCfg:
+    every_kimg: float = opt(10.0, "save a checkpoint every this many kimg (rounded to ticks); one is always saved at the end")
+    keep: int = opt(3, "keep the newest this many checkpoints (older ones are deleted)")
+
+
+@dataclass
+class Config:
+    run: RunCfg = field(default_factory=RunCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    resume: str = opt("auto", "auto (newest complete checkpoint in run.dir, if any) | a checkpoint path | none")
+    seed: int = opt(0, "seed for weights, noise, data order and sample grids")
+
+
+class ConfigError(ValueError):
+    """A config problem worth a one-paragraph message, not a traceback."""
+
+
+EXTENDS_KEY = "extends"
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Load `path`, recursively merged over the file it `extends`."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"config files extend each other in a cycle: {chain}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends: say which file
+        raise ConfigError(f"cannot parse {path}: {e}") from e
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of config keys, not a {type(node).__name__}")
+    parent = node.pop(EXTENDS_KEY, None)
+    if parent is None:
+        return node
+    base = _load_yaml_chain(path.parent / str(parent), (*seen, path))
+    return OmegaConf.merge(base, node)
+
+
+def _explain(e: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    hint = "run `python -m dcgan_dist.train --help` for every key, its type and default"
+    return ConfigError(f"bad config key{f' {key!r}' if key else ''} in {where}: {msg}\n  ({hint})")
+
+
+def load(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Schema defaults <- YAML file (with `extends`) <- `key=value` overrides, then validated."""
+    merged = OmegaConf.structured(Config)
+    name = "defaults"
+    if path is not None:
+        name = Path(path).stem
+        try:
+            merged = OmegaConf.merge(merged, _load_yaml_chain(Path(path)))
+        except OmegaConfBaseException as e:
+            raise _explain(e, str(path)) from None
+    bad = [o for o in overrides if "=" not in o or o.startswith("-")]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value (e.g. train.kimg=50); got {bad}")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise _explain(e, "the command-line overrides") from None
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    if cfg.run.name is None:
+        cfg.run.name = name
+    if cfg.run.dir is None:
+        cfg.run.dir = str(Path("runs") / cfg.run.name)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks the schema's types cannot express; each message names the key and the fix."""
+    problems = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            problems.append(msg)
+
+    need(cfg.train.kimg > 0, f"train.kimg must be > 0 (got {cfg.train.kimg})")
+    need(cfg.train.batch > 0, f"train.batch must be > 0 (got {cfg.train.batch})")
+    need(cfg.train.tick_kimg > 0, f"train.tick_kimg must be > 0 (got {cfg.train.tick_kimg})")
+    need(cfg.train.sample_every_kimg > 0, "train.sample_every_kimg must be > 0")
+    need(cfg.train.sample_grid > 0, "train.sample_grid must be > 0")
+    need(cfg.train.mixed_precision in ("auto", "no", "bf16", "fp16"),
+         f"train.mixed_precision must be one of auto, no, bf16, fp16 (got {cfg.train.mixed_precision!r})")
+    need(cfg.checkpoint.every_kimg > 0, "checkpoint.every_kimg must be > 0")
+    need(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1 (got {cfg.checkpoint.keep})")
+    need(cfg.model.channels in (1, 3), f"model.channels must be 1 or 3 (got {cfg.model.channels})")
+    need(cfg.model.z_dim > 0 and cfg.model.g_width > 0 and cfg.model.d_width > 0,
+         "model.z_dim, model.g_width and model.d_width must be > 0")
+    need(0.0 <= cfg.model.d_dropout < 1.0, f"model.d_dropout must be in [0, 1) (got {cfg.model.d_dropout})")
+    need(cfg.loss.kind == "nonsaturating", f"loss.kind must be 'nonsaturating' (got {cfg.loss.kind!r})")
+    need(0.0 < cfg.loss.real_label <= 1.0, f"loss.real_label must be in (0, 1] (got {cfg.loss.real_label})")
+    need(cfg.optim.g_lr > 0 and cfg.optim.d_lr > 0, "optim.g_lr and optim.d_lr must be > 0")
+    need(0.0 <= cfg.optim.beta1 < 1.0 and 0.0 <= cfg.optim.beta2 < 1.0, "optim.beta1/beta2 must be in [0, 1)")
+    need(cfg.data.workers >= 0, f"data.workers must be >= 0 (got {cfg.data.workers})")
+    need(cfg.data.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1 (got {cfg.data.shuffle_buffer})")
+    need(cfg.data.prefetch >= 1, f"data.prefetch must be >= 1 (got {cfg.data.prefetch})")
+    need(bool(cfg.data.shards), "data.shards must name the training shards (see `python -m dcgan_dist.prepare --help`)")
+    need(cfg.resume in ("auto", "none") or bool(cfg.resume), "resume must be auto, none or a checkpoint path")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def describe_keys() -> str:
+    """Every key with its default and help line, for `--help`."""
+    lines = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.default_factory):  # a section: RunCfg, DataCfg, ...
+                walk(f.default_factory, f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {prefix + f.name:<26} {default!s:<12} {f.metadata.get('help', '')}")
+
+    walk(Config, "")
+    return "\n".join(lines)

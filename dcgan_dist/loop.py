@@ -1,0 +1,208 @@
+"""One training step, and the loop that counts images and does maintenance at tick boundaries.
+
+Progress is counted in images shown to D (all ranks together), so runs stay comparable across
+world sizes and endless streams need no epochs. Everything that is not a training step — stats,
+logs, sample grids, checkpoints — happens at a tick boundary, every `train.tick_kimg`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+from accelerate.utils import gather_object
+
+from . import checkpoint
+from .checkpoint import Progress
+from .config import Config
+from .losses import d_loss_nonsaturating, g_loss_nonsaturating
+from .runtime import StopRequest
+from .tracking import StepStats, Tracker
+
+log = logging.getLogger("dcgan_dist")
+
+
+class TrainingDiverged(RuntimeError):
+    """The losses stopped being finite; nothing after the last checkpoint is kept."""
+
+
+def to_unit_range(images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images -> float in [-1, 1] on `device` (the loader ships uint8: 4x less to copy)."""
+    return images_u8.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+def train_step(accelerator, G, D, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor, real_label: float) -> torch.Tensor:
+    """One D step on real and detached fake images, then one G step; returns detached stats (no sync)."""
+    # D step: two forwards, one backward, so DDP reduces D's gradients once for both terms.
+    # Real and fake go through D separately: each batch gets its own BatchNorm statistics.
+    fake = G(z)
+    real_logits = D(real)
+    fake_logits = D(fake.detach())
+    loss_d = d_loss_nonsaturating(real_logits, fake_logits, real_label)
+    accelerator.backward(loss_d)
+    opt_d.step()
+    opt_d.zero_grad(set_to_none=True)
+
+    # G step through a frozen D: no gradients for D's weights, hence no all-reduce of them.
+    D.requires_grad_(False)
+    loss_g = g_loss_nonsaturating(D(fake))
+    accelerator.backward(loss_g)
+    opt_g.step()
+    opt_g.zero_grad(set_to_none=True)
+    D.requires_grad_(True)
+
+    return torch.stack([
+        loss_d.detach(), loss_g.detach(),
+        torch.sigmoid(real_logits.detach().float()).mean(), torch.sigmoid(fake_logits.detach().float()).mean(),
+    ])
+
+
+@dataclass
+class LoopState:
+    """Everything the loop needs besides the models; built by train.py."""
+
+    cfg: Config
+    accelerator: Any
+    G: torch.nn.Module
+    D: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    batches: Iterator[dict]
+    noise: torch.Generator  # this rank's latent generator (CPU; its state is checkpointed per rank)
+    fixed_z: torch.Tensor  # the sample grid's latents, the same for the whole run
+    progress: Progress
+    stop: StopRequest
+    tracker: Optional[Tracker]  # rank zero only
+    meta: dict  # architecture, config and data layout stored in every checkpoint
+    dataset_size: Optional[int] = None
+    last_checkpoint: Optional[str] = None
+    extra_scalars: dict = field(default_factory=dict)
+
+
+class Loop:
+    def __init__(self, s: LoopState):
+        self.s = s
+        cfg = s.cfg
+        self.global_batch = cfg.train.batch
+        self.batch_per_rank = cfg.train.batch // s.accelerator.num_processes
+        self.total_nimg = int(round(cfg.train.kimg * 1000))
+        self.tick_nimg = max(1, int(round(cfg.train.tick_kimg * 1000)))
+        self.sample_nimg = max(1, int(round(cfg.train.sample_every_kimg * 1000)))
+        self.ckpt_nimg = max(1, int(round(cfg.checkpoint.every_kimg * 1000)))
+        self.stats = StepStats(s.accelerator.device)
+        self.bad_total = 0
+        self.last_ckpt_nimg = self.last_sample_nimg = s.progress.nimg
+        self.tick_start_nimg = s.progress.nimg
+        self.tick_start_time = time.time()
+        self.maintenance_time = 0.0
+
+    def run(self) -> str:
+        """Train until `train.kimg` or a stop signal; returns 'complete' or 'stopped'."""
+        s, device = self.s, self.s.accelerator.device
+        z_dim = s.cfg.model.z_dim
+        next_tick = self.tick_start_nimg + self.tick_nimg
+        if s.progress.nimg == 0:
+            self.sample_grid()  # the untrained generator: the first frame of the progress animation
+        while s.progress.nimg < self.total_nimg:
+            if s.stop.poll():
+                log.warning("stop requested (%s): saving a checkpoint at kimg %.3f and exiting",
+                            s.stop.signame or "signal on another rank", s.progress.nimg / 1000)
+                self.maintenance(final=True)
+                return "stopped"
+            batch = next(s.batches)
+            z = torch.randn(self.batch_per_rank, z_dim, generator=s.noise).to(device, non_blocking=True)
+            real = to_unit_range(batch["image"], device)
+            self.stats.add(train_step(s.accelerator, s.G, s.D, s.opt_g, s.opt_d, real, z, s.cfg.loss.real_label),
+                           batch["bad"])
+            s.progress.nimg += self.global_batch
+            s.progress.step += 1
+            if s.tracker:
+                s.tracker.step(self.global_batch)
+            if s.progress.nimg >= next_tick and s.progress.nimg < self.total_nimg:
+                self.maintenance()
+                next_tick = s.progress.nimg + self.tick_nimg
+        self.maintenance(final=True)
+        return "complete"
+
+    # ---- maintenance at tick boundaries -------------------------------------------------------
+
+    def maintenance(self, final: bool = False) -> None:
+        s, nimg = self.s, self.s.progress.nimg
+        if self.stats.steps > 0 or final:
+            self.report()
+        t0 = time.time()
+        if final or nimg // self.sample_nimg > self.last_sample_nimg // self.sample_nimg:
+            self.sample_grid()
+            self.last_sample_nimg = nimg
+        if final or nimg // self.ckpt_nimg > self.last_ckpt_nimg // self.ckpt_nimg:
+            self.save_checkpoint()
+            self.last_ckpt_nimg = nimg
+        self.maintenance_time = time.time() - t0
+        self.tick_start_nimg, self.tick_start_time = nimg, time.time()
+
+    def report(self) -> None:
+        """Reduce the tick's stats across ranks (one collective), check them, log them."""
+        s, nimg = self.s, self.s.progress.nimg
+        values, bad = self.stats.reduce(s.accelerator)
+        self.bad_total += bad
+        if not all(math.isfinite(v) for v in values.values()):
+            last = s.last_checkpoint or "none yet"
+            raise TrainingDiverged(
+                f"losses became non-finite between kimg {self.tick_start_nimg / 1000:.3f} and {nimg / 1000:.3f} "
+                f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}). Nothing after the last checkpoint "
+                f"({last}) is saved. Resume from it with resume=auto and lower optim.g_lr/optim.d_lr, set "
+                "loss.real_label=0.9, or use train.mixed_precision=no.")
+        # The tick's clock starts after the previous maintenance, so this is training time only.
+        train_time = max(time.time() - self.tick_start_time, 1e-9)
+        values.update({
+            "Speed/img_per_sec": (nimg - self.tick_start_nimg) / train_time,
+            "Speed/sec_per_kimg": train_time * 1000 / max(nimg - self.tick_start_nimg, 1),
+            "Speed/maintenance_sec": self.maintenance_time,
+            "LR/G": s.opt_g.param_groups[0]["lr"],
+            "LR/D": s.opt_d.param_groups[0]["lr"],
+            "Data/bad_samples": float(self.bad_total),
+            "Progress/kimg": nimg / 1000,
+            **s.extra_scalars,
+        })
+        if s.dataset_size:
+            values["Progress/epoch"] = nimg / s.dataset_size
+        if s.tracker:
+            s.tracker.tick(nimg, values)
+        log.info("kimg %9.3f/%.3f | D %.4f G %.4f | D(x) %.3f D(G(z)) %.3f | %.1f img/s%s",
+                 nimg / 1000, self.total_nimg / 1000, values["Loss/D"], values["Loss/G"], values["D/real"],
+                 values["D/fake"], values["Speed/img_per_sec"],
+                 f" | {self.bad_total} bad samples replaced" if self.bad_total else "")
+
+    def sample_grid(self) -> None:
+        """Rank zero renders the fixed-noise grid with G in eval mode (no BatchNorm statistics change)."""
+        s = self.s
+        if s.tracker is None:
+            return
+        G = s.accelerator.unwrap_model(s.G)
+        was_training = G.training
+        G.eval()
+        with torch.no_grad():
+            fakes = G(s.fixed_z.to(s.accelerator.device))
+        G.train(was_training)
+        nimg = s.progress.nimg
+        s.tracker.images("Samples/fixed_noise", fakes, nimg, f"fakes_{checkpoint.name_for(nimg)}.png")
+
+    def save_checkpoint(self) -> None:
+        """Collective. Also proves the ranks agree: each rank's parameter digest goes into meta.json."""
+        s = self.s
+        G, D = s.accelerator.unwrap_model(s.G), s.accelerator.unwrap_model(s.D)
+        digests = gather_object([checkpoint.params_digest(G, D)])
+        if len(set(digests)) > 1:
+            log.error("ranks hold different parameters at kimg %.3f (digests %s): the processes are not "
+                      "training in sync", s.progress.nimg / 1000, digests)
+        meta = {**s.meta, "world_size": s.accelerator.num_processes, "param_digests": digests}
+        path = checkpoint.save(s.accelerator, s.cfg.run.dir, s.progress, {"noise": s.noise.get_state()},
+                               meta, keep=s.cfg.checkpoint.keep)
+        s.last_checkpoint = str(path)
+        log.info("checkpoint %s", path)
+        if s.tracker:
+            s.tracker.status("running", s.progress.nimg, checkpoint=str(path))

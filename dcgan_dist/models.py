@@ -1,0 +1,201 @@
+"""DCGAN generator and discriminator (Radford et al., 2016).
+
+Pure ``nn.Module`` definitions parameterised by resolution, image channels,
+latent size and width. At 64x64 with ``z_dim=100`` and width 64 they match the
+PyTorch DCGAN example exactly, except that the discriminator returns logits
+(no sigmoid) so the loss can use the numerically stable BCE-with-logits form.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+# Resolutions reachable as base * 2**n_up, quoted in the error for unsupported ones.
+SUPPORTED_EXAMPLES = (28, 32, 48, 56, 64, 96, 112, 128, 192, 256)
+
+
+def stage_plan(resolution: int) -> tuple[int, int]:
+    """Split ``resolution`` into ``(base, n_up)`` with ``resolution == base * 2**n_up``.
+
+    ``base`` is the spatial size after the first (kernel=base) layer and lies in
+    4..7; ``n_up >= 2`` is the number of stride-2 layers. Examples: 28 -> (7, 2),
+    32 -> (4, 3), 48 -> (6, 3), 64 -> (4, 4), 128 -> (4, 5), 256 -> (4, 6).
+
+    Raises:
+        ValueError: if ``resolution`` has no such decomposition (including
+            every resolution below 16).
+    """
+    if isinstance(resolution, int) and resolution >= 16:
+        for base in range(4, 8):
+            quotient, remainder = divmod(resolution, base)
+            # Power of two >= 4 means at least two stride-2 stages.
+            if remainder == 0 and quotient >= 4 and quotient & (quotient - 1) == 0:
+                return base, quotient.bit_length() - 1
+    examples = ", ".join(str(r) for r in SUPPORTED_EXAMPLES)
+    raise ValueError(
+        f"unsupported resolution {resolution!r}: it must be base * 2**k with base in 4..7 "
+        f"and k >= 2 (so at least 16); supported examples: {examples}"
+    )
+
+
+def init_weights(module: nn.Module) -> None:
+    """Radford init: conv / conv-transpose weights ~ N(0, 0.02); BatchNorm weight ~ N(1, 0.02), bias 0.
+
+    Apply with ``model.apply(init_weights)``. Draws only from torch's global RNG,
+    in module-traversal order, so a fixed seed reproduces the same weights.
+    """
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    """Maps latent vectors to images in [-1, 1].
+
+    A kernel=base transposed conv lifts z to a base x base map, then stride-2
+    transposed convs double the size while halving the channels; BN + ReLU
+    everywhere except the Tanh output layer (as in the paper).
+    """
+
+    def __init__(
+        self,
+        resolution: int = 64,
+        channels: int = 3,
+        z_dim: int = 100,
+        width: int = 64,
+        max_channels: int = 1024,
+    ) -> None:
+        super().__init__()
+        base, n_up = stage_plan(resolution)
+        self.resolution, self.channels, self.z_dim = resolution, channels, z_dim
+        # Widest first: stage i has width * 2**(n_up-1-i) channels, the last one `width`.
+        widths = [min(width * 2 ** (n_up - 1 - i), max_channels) for i in range(n_up)]
+
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(z_dim, widths[0], base, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [
+                nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(True),
+            ]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        # `main` matches the PyTorch example's attribute name, so state_dict keys line up.
+        self.main = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Generate images ``(N, channels, R, R)`` from ``z`` of shape ``(N, z_dim)`` or ``(N, z_dim, 1, 1)``."""
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        if z.dim() != 4 or z.shape[1:] != (self.z_dim, 1, 1):
+            raise ValueError(
+                f"expected z of shape (N, {self.z_dim}) or (N, {self.z_dim}, 1, 1), got {tuple(z.shape)}"
+            )
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    """Maps images to one real/fake logit per sample.
+
+    Mirror of the generator: stride-2 convs halve the size and double the
+    channels (capped at ``max_channels``), LeakyReLU(0.2), BN on all but the
+    input layer, then a kernel=base conv down to a single logit.
+    """
+
+    def __init__(
+        self,
+        resolution: int = 64,
+        channels: int = 3,
+        width: int = 64,
+        max_channels: int = 1024,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        base, n_up = stage_plan(resolution)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"discriminator dropout must be in [0, 1), got {dropout!r}")
+        self.resolution, self.channels = resolution, channels
+        widths = [min(width * 2**i, max_channels) for i in range(n_up)]
+
+        def activation() -> list[nn.Module]:
+            # Dropout in D is an optional stabiliser; at 0 it is left out entirely.
+            act: list[nn.Module] = [nn.LeakyReLU(0.2, inplace=True)]
+            if dropout > 0:
+                act.append(nn.Dropout(dropout))
+            return act
+
+        # No BN on the input layer: the paper found it destabilises training.
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), *activation()]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), *activation()]
+        layers.append(nn.Conv2d(widths[-1], 1, base, 1, 0, bias=False))
+        self.main = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return raw logits of shape ``(N,)`` for images ``x`` of shape ``(N, channels, R, R)``."""
+        return self.main(x).reshape(x.shape[0])
+
+
+def build_models(
+    resolution: int,
+    channels: int,
+    z_dim: int,
+    g_width: int,
+    d_width: int,
+    max_channels: int = 1024,
+    d_dropout: float = 0.0,
+) -> tuple[Generator, Discriminator]:
+    """Build an initialised ``(Generator, Discriminator)`` pair; G is built first, so seed before calling."""
+    generator = Generator(resolution, channels, z_dim, g_width, max_channels)
+    discriminator = Discriminator(resolution, channels, d_width, max_channels, d_dropout)
+    return generator, discriminator
+
+
+def arch_signature(
+    resolution: int,
+    channels: int,
+    z_dim: int,
+    g_width: int,
+    d_width: int,
+    max_channels: int = 1024,
+    d_dropout: float = 0.0,
+) -> dict:
+    """Plain dict of the arguments that fix the tensor shapes, stored in checkpoints.
+
+    ``d_dropout`` is accepted for call-compatibility with ``build_models`` but
+    left out: it adds no parameters, so checkpoints stay interchangeable.
+    """
+    return {
+        "resolution": int(resolution),
+        "channels": int(channels),
+        "z_dim": int(z_dim),
+        "g_width": int(g_width),
+        "d_width": int(d_width),
+        "max_channels": int(max_channels),
+    }
+
+
+def count_params(module: nn.Module) -> int:
+    """Total number of parameter elements in ``module``."""
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = [
+    "Discriminator",
+    "Generator",
+    "SUPPORTED_EXAMPLES",
+    "arch_signature",
+    "build_models",
+    "count_params",
+    "init_weights",
+    "stage_plan",
+]

@@ -1,0 +1,151 @@
+"""What a run leaves for people: the run directory, the text log, TensorBoard, stats.jsonl, sample grids.
+
+Per-step numbers are accumulated on the device (no `.item()` in the hot loop, which would sync
+the GPU every step) and reduced across ranks once per tick. Only rank zero writes files.
+
+Run directory layout:
+
+    config.yaml       the resolved config (every key, after extends and overrides)
+    log.txt           the text log (rank zero), appended across resumes
+    status.json       state (running / stopped / complete / failed), kimg, world size, last checkpoint
+    stats.jsonl       one JSON line per tick
+    events.out.tfevents.*   TensorBoard scalars and sample images
+    samples/          reals.png and fakes_<kimg>.png fixed-noise grids
+    checkpoints/      see checkpoint.py
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+from . import config as config_mod
+from .config import Config
+
+log = logging.getLogger("dcgan_dist")
+
+# Names of the per-step statistics, in the order they are stacked on the device.
+STAT_NAMES = ("Loss/D", "Loss/G", "D/real", "D/fake")
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines that do not tear the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def setup_logging(run_dir: Optional[Path], is_main: bool, rank: int) -> None:
+    """Rank zero logs INFO to stderr and log.txt; other ranks only warnings, tagged with their rank."""
+    log.handlers.clear()
+    log.propagate = False
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    console = _TqdmHandler()
+    console.setFormatter(fmt)
+    log.addHandler(console)
+    if is_main and run_dir is not None:
+        file_handler = logging.FileHandler(run_dir / "log.txt")
+        file_handler.setFormatter(fmt)
+        log.addHandler(file_handler)
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class StepStats:
+    """Per-step statistics summed on the device, plus host counters; `reduce()` once per tick
+    returns the means over all steps of all ranks and the summed counters."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
+        self.steps = 0
+        self.bad_samples = 0  # unreadable samples the data stream replaced (a host int, no sync)
+
+    def add(self, values: torch.Tensor, bad_samples: int = 0) -> None:
+        self.sums += values.detach().to(torch.float64)
+        self.steps += 1
+        self.bad_samples += bad_samples
+
+    def reduce(self, accelerator) -> tuple[dict[str, float], int]:
+        host = torch.tensor([float(self.steps), float(self.bad_samples)], dtype=torch.float64, device=self.device)
+        packed = accelerator.reduce(torch.cat([self.sums, host]), reduction="sum").cpu()  # the tick's one sync
+        steps = max(packed[-2].item(), 1.0)
+        self.sums.zero_()
+        self.steps = self.bad_samples = 0
+        return {name: packed[i].item() / steps for i, name in enumerate(STAT_NAMES)}, int(packed[-1].item())
+
+
+class Tracker:
+    """Rank zero's writers: TensorBoard, stats.jsonl, status.json, sample grids, the progress bar."""
+
+    def __init__(self, cfg: Config, run_dir: Path, start_nimg: int, total_nimg: int, world_size: int):
+        from torch.utils.tensorboard import SummaryWriter  # imported here: only rank zero needs it
+
+        self.run_dir = run_dir
+        self.samples_dir = run_dir / "samples"
+        self.samples_dir.mkdir(parents=True, exist_ok=True)
+        # purge_step drops events a crashed attempt logged past the checkpoint we resume from.
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_nimg if start_nimg > 0 else None)
+        self.stats_file = open(run_dir / "stats.jsonl", "a")
+        self.world_size = world_size
+        self.total_nimg = total_nimg
+        self.bar = tqdm(total=total_nimg, initial=start_nimg, unit="img", unit_scale=True, dynamic_ncols=True,
+                        desc=cfg.run.name, smoothing=0.1, file=sys.stderr,
+                        # In a log file (Slurm, CI) a redraw is a line: redraw rarely there.
+                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+    def step(self, nimg: int) -> None:
+        self.bar.update(nimg)
+
+    def tick(self, nimg: int, values: dict[str, float]) -> None:
+        """Write one tick's scalars; `values` maps TensorBoard tags to numbers."""
+        for tag, v in values.items():
+            self.writer.add_scalar(tag, v, global_step=nimg)
+        self.writer.flush()
+        self.stats_file.write(json.dumps({"kimg": nimg / 1000, **values}) + "\n")
+        self.stats_file.flush()
+        self.bar.set_postfix_str(f"D {values['Loss/D']:.3f} G {values['Loss/G']:.3f} "
+                                 f"D(x) {values['D/real']:.2f} D(G(z)) {values['D/fake']:.2f}", refresh=False)
+
+    def images(self, tag: str, images: torch.Tensor, nimg: int, filename: str) -> Path:
+        """Save an image grid (values in [-1, 1]) as PNG and as a TensorBoard image."""
+        nrow = max(1, int(math.sqrt(images.shape[0])))
+        grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+        path = self.samples_dir / filename
+        save_image(grid, path)
+        self.writer.add_image(tag, grid, global_step=nimg)
+        self.writer.flush()
+        return path
+
+    def status(self, state: str, nimg: int, **extra) -> None:
+        write_json_atomic(self.run_dir / "status.json", {
+            "state": state, "kimg": nimg / 1000, "total_kimg": self.total_nimg / 1000,
+            "world_size": self.world_size, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.stats_file.close()
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Create the run directory and store the resolved config there (rank zero)."""
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
+    return run_dir

@@ -1,0 +1,169 @@
+"""Train a DCGAN on one process, many GPUs or many nodes.
+
+    accelerate launch --config_file launch/cpu.yaml -m dcgan_dist.train configs/quickstart.yaml [key=value ...]
+    python -m dcgan_dist.train CONFIG --dry-run      # print the resolved config and exit
+
+The same command runs unchanged on 1 GPU, 8 GPUs or several nodes: the accelerate config file
+in launch/ says how many processes; the YAML config says what to train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from . import checkpoint, config, runtime, tracking
+from .checkpoint import CheckpointError, Progress
+from .config import Config, ConfigError
+from .data import locate, stream
+from .data.locate import DataError
+from .loop import Loop, LoopState, TrainingDiverged
+from .models import arch_signature, build_models, count_params
+
+log = logging.getLogger("dcgan_dist")
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m dcgan_dist.train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, epilog="config keys (set in the YAML file or as key=value):\n" + config.describe_keys())
+    p.add_argument("config", help="YAML config file (may `extends:` another)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.kimg=50 optim.g_lr=1e-4")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit without training")
+    return p.parse_args(argv)
+
+
+def build_data(cfg: Config, accelerator, progress: Progress):
+    """Find and check the shards, then this rank's endless batch stream, positioned at `progress`."""
+    with accelerator.local_main_process_first():  # the embedded set is written once per node
+        shards = locate.resolve(cfg.data.shards, cfg.model.resolution, cfg.model.channels)
+    locate.check(shards, resolution=cfg.model.resolution, channels=cfg.model.channels,
+                 ranks=accelerator.num_processes, workers=cfg.data.workers)
+    counts = shards.counts
+    spec = stream.StreamSpec(
+        urls=tuple(shards.urls), counts=tuple(counts) if counts else None,
+        batch=cfg.train.batch // accelerator.num_processes, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, workers=max(1, cfg.data.workers),
+        resolution=cfg.model.resolution, channels=cfg.model.channels, seed=cfg.seed,
+        shuffle_buffer=cfg.data.shuffle_buffer, hflip=cfg.data.hflip, start_batch=progress.step)
+    if counts is None:
+        log.warning("no dataset.json beside the shards: epoch length is unknown and a resume re-reads the "
+                    "skipped samples (write shards with `python -m dcgan_dist.prepare` to get one)")
+    loader = stream.make_loader(spec, cfg.data.workers, cfg.data.prefetch, pin_memory=accelerator.device.type == "cuda")
+    return shards, loader
+
+
+def build_training(cfg: Config, accelerator):
+    """Models and optimizers, identically initialised on every rank, prepared for DDP / mixed precision."""
+    set_seed(cfg.seed)
+    m = cfg.model
+    G, D = build_models(m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, m.max_channels, m.d_dropout)
+    log.info("G: %s parameters, D: %s parameters", f"{count_params(G):,}", f"{count_params(D):,}")
+    o = cfg.optim
+    opt_g = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=(o.beta1, o.beta2))
+    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+    set_seed(cfg.seed, device_specific=True)  # dropout masks differ across ranks from here on
+    return G, D, opt_g, opt_d
+
+
+def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> Progress:
+    """Restore the newest (or the named) checkpoint into the prepared objects; a fresh Progress if none."""
+    path = checkpoint.find_resume(cfg.run.dir, cfg.resume)
+    if path is None:
+        return Progress()
+    meta = checkpoint.read_meta(path)
+    checkpoint.verify_compatible(path, meta, arch)
+    progress, rank_state = checkpoint.load(accelerator, path)
+    layout = {"world_size": accelerator.num_processes, "workers": max(1, cfg.data.workers), "batch": cfg.train.batch}
+    changed = {k: (meta.get(k), v) for k, v in layout.items() if meta.get(k) != v}
+    if changed:
+        log.warning("resuming with a different %s than the checkpoint: training continues correctly but does not "
+                    "replay the exact data order and noise of an uninterrupted run", changed)
+    if rank_state is not None:
+        noise.set_state(rank_state["noise"])
+    log.info("resumed from %s at kimg %.3f (step %d)", path, progress.nimg / 1000, progress.step)
+    return progress
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config.load(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(config.to_yaml(cfg), end="")
+        return 0
+
+    accelerator = runtime.make_accelerator(cfg)
+    run_dir = Path(cfg.run.dir)
+    if accelerator.is_main_process:
+        tracking.prepare_run_dir(cfg)
+        for stale in checkpoint.clean_partial(run_dir):
+            print(f"removed an interrupted checkpoint save: {stale}", file=sys.stderr)
+    accelerator.wait_for_everyone()
+    tracking.setup_logging(run_dir, accelerator.is_main_process, accelerator.process_index)
+    tracker = None
+    try:
+        if cfg.train.batch % accelerator.num_processes:
+            raise ConfigError(f"train.batch={cfg.train.batch} is the global batch and must divide by the "
+                              f"{accelerator.num_processes} processes")
+        log.info("run %s: world size %d (%s), device %s, mixed precision %s, %d images per rank per step",
+                 run_dir, accelerator.num_processes, accelerator.distributed_type, accelerator.device,
+                 accelerator.mixed_precision, cfg.train.batch // accelerator.num_processes)
+        m = cfg.model
+        arch = arch_signature(m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, m.max_channels)
+        G, D, opt_g, opt_d = build_training(cfg, accelerator)
+        noise = torch.Generator().manual_seed(cfg.seed * 65_536 + 1 + accelerator.process_index)
+        progress = resume(cfg, accelerator, noise, arch)
+        shards, loader = build_data(cfg, accelerator, progress)
+        total_nimg = int(round(cfg.train.kimg * 1000))
+        if accelerator.is_main_process:
+            tracker = tracking.Tracker(cfg, run_dir, progress.nimg, total_nimg, accelerator.num_processes)
+            tracker.status("running", progress.nimg)
+            if progress.nimg == 0:
+                reals = stream.preview(shards.urls, cfg.train.sample_grid, m.resolution, m.channels)
+                tracker.images("Samples/reals", reals, 0, "reals.png")
+        stop = runtime.StopRequest(accelerator.num_processes)  # before the loader forks its workers
+        state = LoopState(
+            cfg=cfg, accelerator=accelerator, G=G, D=D, opt_g=opt_g, opt_d=opt_d, batches=iter(loader),
+            noise=noise, fixed_z=torch.randn(cfg.train.sample_grid, m.z_dim, generator=torch.Generator().manual_seed(cfg.seed)),
+            progress=progress, stop=stop, tracker=tracker,
+            meta={"arch": arch, "config": config.to_dict(cfg), "workers": max(1, cfg.data.workers),
+                  "batch": cfg.train.batch},
+            dataset_size=shards.index.count if shards.index else None)
+        if progress.nimg >= total_nimg:
+            log.info("already trained to kimg %.3f >= train.kimg=%g; raise train.kimg to continue",
+                     progress.nimg / 1000, cfg.train.kimg)
+            outcome = "complete"
+        else:
+            outcome = Loop(state).run()
+        state.stop.close()
+        if tracker:
+            tracker.status(outcome, progress.nimg, checkpoint=state.last_checkpoint)
+            log.info("%s at kimg %.3f; run directory %s", outcome, progress.nimg / 1000, run_dir)
+    except USER_ERRORS + (TrainingDiverged,) as e:
+        log.error("%s", e)
+        if tracker:
+            tracker.status("failed", 0, error=str(e))
+        return 2 if isinstance(e, USER_ERRORS) else 1
+    finally:
+        if tracker:
+            tracker.close()
+    # Drop every reference to the prepared objects before the process group ends (see runtime.shutdown).
+    del state, G, D, opt_g, opt_d, loader
+    runtime.shutdown(accelerator)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Unit tests for dcgan_dist.models: shapes, parameter counts, init, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dcgan_dist.models import (
+    Discriminator,
+    Generator,
+    arch_signature,
+    build_models,
+    count_params,
+    stage_plan,
+)
+
+# Narrow widths keep the shape tests fast; the architecture is width-independent.
+SMALL = dict(z_dim=16, width=8)
+
+
+@pytest.mark.parametrize(
+    "resolution, expected",
+    [(16, (4, 2)), (28, (7, 2)), (32, (4, 3)), (48, (6, 3)), (64, (4, 4)), (128, (4, 5)), (256, (4, 6))],
+)
+def test_stage_plan(resolution, expected):
+    assert stage_plan(resolution) == expected
+
+
+@pytest.mark.parametrize("resolution", [30, 8, 100, 12, 0, -64])
+def test_unsupported_resolution_raises(resolution):
+    with pytest.raises(ValueError, match=str(resolution)) as excinfo:
+        stage_plan(resolution)
+    assert "64" in str(excinfo.value)  # lists supported examples
+    with pytest.raises(ValueError, match=str(resolution)):
+        Generator(resolution=resolution)
+    with pytest.raises(ValueError, match=str(resolution)):
+        Discriminator(resolution=resolution)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("resolution", [28, 32, 48, 64, 128])
+def test_output_shapes(resolution, channels):
+    torch.manual_seed(0)
+    g = Generator(resolution, channels, SMALL["z_dim"], SMALL["width"])
+    d = Discriminator(resolution, channels, SMALL["width"])
+    n = 3
+    z = torch.randn(n, SMALL["z_dim"])
+    with torch.no_grad():
+        images = g(z)
+        assert images.shape == (n, channels, resolution, resolution)
+        assert images.min() >= -1.0 and images.max() <= 1.0
+        # The 4-D latent layout gives the same images as the flat one.
+        g.eval()
+        torch.testing.assert_close(g(z), g(z[:, :, None, None]))
+        logits = d(images)
+    assert logits.shape == (n,)
+    assert logits.dtype == torch.float32
+
+
+def test_generator_rejects_wrong_latent_size():
+    g = Generator(32, 1, z_dim=16, width=8)
+    with pytest.raises(ValueError, match="16"):
+        g(torch.randn(2, 15))
+
+
+def test_parameter_counts_match_pytorch_dcgan_example():
+    g, d = build_models(64, 3, 100, 64, 64)
+    assert count_params(g) == 3_576_704
+    assert count_params(d) == 2_765_568
+
+
+def _params_of(models, kind):
+    return [m for model in models for m in model.modules() if isinstance(m, kind)]
+
+
+def test_init_statistics():
+    torch.manual_seed(0)
+    models = build_models(64, 3, 100, 64, 64)
+    conv = torch.cat(
+        [m.weight.flatten() for m in _params_of(models, (nn.Conv2d, nn.ConvTranspose2d))]
+    ).double()
+    assert abs(conv.mean().item()) < 1e-3
+    assert abs(conv.std().item() - 0.02) < 0.02 * 0.02
+
+    bns = _params_of(models, nn.BatchNorm2d)
+    bn_weight = torch.cat([m.weight.flatten() for m in bns]).double()
+    # ~1.8k BN weights: the sample std is only known to a few percent, hence the looser bound.
+    assert abs(bn_weight.mean().item() - 1.0) < 3e-3
+    assert abs(bn_weight.std().item() - 0.02) < 0.02 * 0.1
+    for m in bns:
+        assert torch.count_nonzero(m.bias) == 0
+
+
+def test_same_seed_same_weights():
+    def build(seed):
+        torch.manual_seed(seed)
+        return build_models(32, 3, 16, 8, 8)
+
+    for a, b in zip(build(1), build(1)):
+        for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(pa, pb), name
+    g1, _ = build(1)
+    g2, _ = build(2)
+    assert not torch.equal(g1.main[0].weight, g2.main[0].weight)
+
+
+def test_dropout_only_when_positive():
+    plain = Discriminator(64, 3, 8, dropout=0.0)
+    assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
+    dropped = Discriminator(64, 3, 8, dropout=0.3)
+    dropouts = [m for m in dropped.modules() if isinstance(m, nn.Dropout)]
+    leaky = [m for m in dropped.modules() if isinstance(m, nn.LeakyReLU)]
+    assert len(dropouts) == len(leaky) == 4
+    assert all(m.p == 0.3 for m in dropouts)
+    # Dropout adds no parameters, so checkpoints stay compatible.
+    assert count_params(dropped) == count_params(plain)
+
+
+def test_max_channels_caps_widest_layer():
+    g = Generator(128, 3, z_dim=32, width=64, max_channels=256)
+    d = Discriminator(128, 3, width=64, max_channels=256)
+    g_widths = [m.out_channels for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
+    d_widths = [m.out_channels for m in d.modules() if isinstance(m, nn.Conv2d)]
+    # Uncapped, 128x128 with width 64 would reach 1024 channels.
+    assert g_widths == [256, 256, 256, 128, 64, 3]
+    assert d_widths == [64, 128, 256, 256, 256, 1]
+    with torch.no_grad():
+        assert d(g(torch.randn(2, 32))).shape == (2,)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    g, d = build_models(32, 3, 16, 8, 8, d_dropout=0.2)
+    logits = d(g(torch.randn(4, 16)))
+    logits.sum().backward()
+    for model in (g, d):
+        for name, p in model.named_parameters():
+            assert p.grad is not None, name
+            assert torch.isfinite(p.grad).all(), name
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_arch_signature():
+    base = dict(resolution=64, channels=3, z_dim=100, g_width=64, d_width=64, max_channels=1024)
+    sig = arch_signature(**base)
+    assert sig == base
+    assert type(sig) is dict
+    changed = dict(resolution=32, channels=1, z_dim=128, g_width=32, d_width=128, max_channels=512)
+    for key, value in changed.items():
+        assert arch_signature(**{**base, key: value}) != sig, key
+    # Dropout does not change tensor shapes, so it must not block loading a checkpoint.
+    assert arch_signature(**base, d_dropout=0.3) == sig

@@ -1,0 +1,148 @@
+"""End-to-end: the real `accelerate launch` with 2 CPU processes (gloo), on the embedded digits.
+
+Each test asserts world size 2: on CPU the failure mode is two silent world-size-1 runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, TINY, env, launch, launch_cmd, read_json
+
+pytestmark = pytest.mark.slow
+CONFIG = "configs/quickstart.yaml"
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    ckpts = sorted((run_dir / "checkpoints").iterdir(), key=lambda p: p.name)
+    return [c for c in ckpts if not c.name.startswith(".")][-1]
+
+
+def test_two_process_run_leaves_a_complete_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = launch(CONFIG, TINY + [f"run.dir={run_dir}", "train.kimg=0.128"])
+    assert "world size 2" in proc.stderr
+
+    status = read_json(run_dir / "status.json")
+    assert status["state"] == "complete" and status["world_size"] == 2
+    assert status["kimg"] == pytest.approx(0.128)
+
+    ckpt = newest_checkpoint(run_dir)
+    meta = read_json(ckpt / "meta.json")
+    assert meta["world_size"] == 2 and meta["nimg"] == 128 and meta["step"] == 8
+    # G's and D's parameters are bitwise identical on both ranks after training.
+    assert len(meta["param_digests"]) == 2 and meta["param_digests"][0] == meta["param_digests"][1]
+    for name in ("model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin",
+                 "random_states_0.pkl", "random_states_1.pkl", "dcgan_rank0.pt", "dcgan_rank1.pt"):
+        assert (ckpt / name).is_file(), name
+
+    assert "train:" in (run_dir / "config.yaml").read_text()
+    assert "kimg" in (run_dir / "log.txt").read_text()
+    assert (run_dir / "samples" / "reals.png").is_file()
+    assert sorted(p.name for p in (run_dir / "samples").glob("fakes_*.png"))[-1] == "fakes_000000.128.png"
+
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("Loss/D", "Loss/G", "D/real", "D/fake", "Speed/img_per_sec", "LR/G", "LR/D", "Progress/epoch"):
+        assert tag in tags, f"missing TensorBoard scalar {tag}; have {sorted(tags)}"
+    losses = [e.value for e in events.Scalars("Loss/D")]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert {"Samples/fixed_noise", "Samples/reals"} <= set(events.Tags()["images"])
+
+
+def _final_state(run_dir: Path) -> dict:
+    ckpt = newest_checkpoint(run_dir)
+    state = {f"G.{k}": v for k, v in load_file(ckpt / "model.safetensors").items()}
+    state.update({f"D.{k}": v for k, v in load_file(ckpt / "model_1.safetensors").items()})
+    for i, name in enumerate(("optimizer.bin", "optimizer_1.bin")):
+        opt = torch.load(ckpt / name, weights_only=False)
+        for pid, st in opt["state"].items():
+            for k, v in st.items():
+                state[f"opt{i}.{pid}.{k}"] = torch.as_tensor(v)
+    for rank in (0, 1):
+        state[f"noise{rank}"] = torch.load(ckpt / f"dcgan_rank{rank}.pt", weights_only=False)["noise"]
+    state["meta"] = read_json(ckpt / "meta.json")
+    return state
+
+
+def test_golden_resume_is_bit_identical(tmp_path):
+    """10 steps straight == 5 steps, stop, resume, 5 more: parameters, BN buffers, Adam state, noise.
+
+    5 is odd on purpose: with 2 data workers the resumed loader must start at the second worker.
+    """
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    launch(CONFIG, TINY + [f"run.dir={straight}", "train.kimg=0.16"])
+    launch(CONFIG, TINY + [f"run.dir={split}", "train.kimg=0.08"])
+    proc = launch(CONFIG, TINY + [f"run.dir={split}", "train.kimg=0.16", "resume=auto"])
+    assert "resumed from" in proc.stderr and "world size 2" in proc.stderr
+
+    a, b = _final_state(straight), _final_state(split)
+    assert a["meta"]["nimg"] == b["meta"]["nimg"] == 160 and a["meta"]["step"] == b["meta"]["step"] == 10
+    assert a["meta"]["param_digests"] == b["meta"]["param_digests"]
+    tensors = [k for k in a if k != "meta"]
+    assert set(tensors) == {k for k in b if k != "meta"} and len(tensors) > 40
+    mismatched = [k for k in tensors if not torch.equal(a[k], b[k])]
+    assert not mismatched, f"differ after resume: {mismatched[:10]}"
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _ticks(run_dir: Path) -> int:
+    stats = run_dir / "stats.jsonl"
+    return len(stats.read_text().splitlines()) if stats.is_file() else 0
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the launcher", "SIGUSR1 to rank 1 only"])
+def test_signal_checkpoints_then_resume_continues(tmp_path, how):
+    run_dir = tmp_path / "run"
+    overrides = TINY + [f"run.dir={run_dir}", "train.kimg=100"]
+    launcher = subprocess.Popen(launch_cmd(CONFIG, overrides), cwd=REPO, env=env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: _ticks(run_dir) >= 2, 120, "two ticks of training")
+        if how.startswith("SIGTERM"):
+            launcher.send_signal(signal.SIGTERM)
+        else:
+            workers = [p for p in psutil.Process(launcher.pid).children()
+                       if p.environ().get("RANK") == "1"]
+            assert len(workers) == 1, "expected exactly one rank-1 worker process"
+            os.kill(workers[0].pid, signal.SIGUSR1)
+        out, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    status = read_json(run_dir / "status.json")
+    assert status["state"] == "stopped", out[-3000:]
+    assert status["world_size"] == 2
+    if how.startswith("SIGUSR1"):
+        assert launcher.returncode == 0, out[-3000:]  # the whole job exits cleanly
+    ckpt = newest_checkpoint(run_dir)
+    meta = read_json(ckpt / "meta.json")
+    stopped_at = meta["nimg"]
+    assert 0 < stopped_at < 100_000 and meta["param_digests"][0] == meta["param_digests"][1]
+    assert "stop requested" in out
+
+    # Resume continues from exactly there and runs to the (new) end.
+    target = stopped_at + 64
+    proc = launch(CONFIG, overrides[:-1] + [f"train.kimg={target / 1000}"])
+    assert f"resumed from {ckpt} at kimg {stopped_at / 1000:.3f}" in proc.stderr
+    final = read_json(newest_checkpoint(run_dir) / "meta.json")
+    assert final["nimg"] == target and final["step"] == meta["step"] + 4
+    assert read_json(run_dir / "status.json")["state"] == "complete"
