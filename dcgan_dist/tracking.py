@@ -66,6 +66,12 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_status(run_dir: Path, state: str, **fields) -> None:
+    """`status.json`: running | stopped | complete | failed, for people and for job scripts (requeue or not)."""
+    write_json_atomic(Path(run_dir) / "status.json",
+                      {"state": state, **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
 class StepStats:
     """Per-step statistics summed on the device, plus host counters; `reduce()` once per tick
     returns the means over all steps of all ranks and the summed counters."""
@@ -133,9 +139,8 @@ class Tracker:
         return path
 
     def status(self, state: str, nimg: int, **extra) -> None:
-        write_json_atomic(self.run_dir / "status.json", {
-            "state": state, "kimg": nimg / 1000, "total_kimg": self.total_nimg / 1000,
-            "world_size": self.world_size, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
+        write_status(self.run_dir, state, kimg=nimg / 1000, total_kimg=self.total_nimg / 1000,
+                     world_size=self.world_size, **extra)
 
     def close(self) -> None:
         self.bar.close()

@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s at kimg %.3f; run directory %s", outcome, progress.nimg / 1000, run_dir)
     except USER_ERRORS + (TrainingDiverged,) as e:
         log.error("%s", e)
-        if tracker:
-            tracker.status("failed", 0, error=str(e))
+        if accelerator.is_main_process:
+            tracking.write_status(run_dir, "failed", error=str(e))
         return 2 if isinstance(e, USER_ERRORS) else 1
     finally:
         if tracker:

@@ -1,0 +1,104 @@
+"""The config schema: defaults, extends, overrides, and errors that name the key and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from dcgan_dist import config
+from dcgan_dist.config import ConfigError
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_derived_run_dir(tmp_path):
+    cfg = config.load(write(tmp_path / "faces.yaml", "model:\n  resolution: 64\n"))
+    assert cfg.run.name == "faces" and cfg.run.dir == "runs/faces"
+    assert cfg.resume == "auto" and cfg.seed == 0 and cfg.train.kimg == 100.0
+    assert cfg.optim.g_lr == 2e-4 and cfg.optim.beta1 == 0.5
+
+
+def test_extends_chain_and_overrides_win(tmp_path):
+    write(tmp_path / "base.yaml", "train:\n  kimg: 10\n  batch: 32\nmodel:\n  z_dim: 64\n")
+    write(tmp_path / "mid.yaml", "extends: base.yaml\ntrain:\n  kimg: 20\n")
+    child = write(tmp_path / "child.yaml", "extends: mid.yaml\nmodel:\n  resolution: 32\n")
+    cfg = config.load(child, ["train.batch=8", "seed=3"])
+    assert (cfg.train.kimg, cfg.train.batch, cfg.model.z_dim, cfg.model.resolution, cfg.seed) == (20, 8, 64, 32, 3)
+    assert cfg.run.name == "child"
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        config.load(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("where", ["file", "override"])
+def test_typo_names_the_key_and_suggests(tmp_path, where):
+    text, overrides = ("train:\n  kimgg: 5\n", []) if where == "file" else ("{}\n", ["train.kimgg=5"])
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path / "c.yaml", text), overrides)
+    assert "train.kimgg" in str(e.value) and "Did you mean: 'kimg'" in str(e.value)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train.batch'.*could not be converted"):
+        config.load(None, ["train.batch=lots"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.channels=2", "model.channels"), ("train.kimg=0", "train.kimg"),
+    ("loss.real_label=1.5", "loss.real_label"), ("train.mixed_precision=fp8", "train.mixed_precision"),
+    ("checkpoint.keep=0", "checkpoint.keep"), ("model.d_dropout=1.0", "model.d_dropout"),
+])
+def test_semantic_checks_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        config.load(None, [override])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        config.load(None, ["--train.kimg=3"])
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        config.load(write(tmp_path / "list.yaml", "- 1\n- 2\n"))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = config.load(REPO / "configs" / "quickstart.yaml", ["train.kimg=7"])
+    again = config.load(write(tmp_path / "quickstart.yaml", config.to_yaml(cfg)))
+    assert config.to_dict(again) == config.to_dict(cfg)
+
+
+def test_every_key_has_help():
+    lines = config.describe_keys().splitlines()
+    flat = OmegaConf.to_container(OmegaConf.structured(config.Config))
+    n_keys = sum(len(v) if isinstance(v, dict) else 1 for v in flat.values())
+    assert len(lines) == n_keys
+    assert all(len(line.split(None, 2)) == 3 for line in lines), "a key without a help line"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "dcgan_dist.train", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_help_dry_run_and_errors():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "train.kimg" in out.stdout and "--dry-run" in out.stdout
+
+    out = run_cli("configs/quickstart.yaml", "train.kimg=12", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert OmegaConf.create(out.stdout).train.kimg == 12
+
+    out = run_cli("configs/quickstart.yaml", "optim.lrr=1")
+    assert out.returncode == 2 and "optim.lrr" in out.stderr and "Traceback" not in out.stderr
