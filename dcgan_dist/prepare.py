@@ -30,9 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.resolution < 8:
         p.error("--resolution must be >= 8")
     t0 = time.time()
-    index = write_shards(iter_digits(args.resolution, args.channels), args.out, name=args.source,
-                         resolution=args.resolution, channels=args.channels, classes=CLASSES,
-                         num_shards=args.shards, seed=args.seed, sources=["sklearn.datasets.load_digits"])
+    try:
+        index = write_shards(iter_digits(args.resolution, args.channels), args.out, name=args.source,
+                             resolution=args.resolution, channels=args.channels, classes=CLASSES,
+                             num_shards=args.shards, seed=args.seed, sources=["sklearn.datasets.load_digits"])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {index.count} images in {len(index.shards)} shards to {args.out} "
           f"({args.resolution}x{args.resolution}x{args.channels}) in {time.time() - t0:.1f} s; "
           f"content sha256 {index.content_sha256[:16]}")

@@ -8,7 +8,6 @@ Every test makes its own tiny data set in tmp_path (random 8x8 uint8 images), so
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -24,6 +23,7 @@ import torch
 import webdataset as wds
 
 from dcgan_dist.data import locate, stream
+from dcgan_dist.data import shards as shards_module
 from dcgan_dist.data.digits import iter_digits
 from dcgan_dist.data.locate import DataError, ShardSet
 from dcgan_dist.data.shards import INDEX_NAME, DatasetIndex, encode_png, write_shards
@@ -72,6 +72,10 @@ def assert_same_batches(got: list[dict], want: list[dict]) -> None:
         assert torch.equal(a["label"], b["label"]), f"batch {k}: labels differ"
         assert torch.equal(a["image"], b["image"]), f"batch {k}: images differ"
         assert a["bad"] == b["bad"] == 0
+
+
+def all_labels(batches: list[dict]) -> list[int]:
+    return [int(x) for b in batches for x in b["label"]]
 
 
 def chw(image_hwc: np.ndarray) -> np.ndarray:
@@ -166,6 +170,24 @@ def test_write_shards_rejects_wrong_shape(tmp_path, shape):
         write_shards([(good, 0), (bad, 1)], tmp_path, name="x", resolution=RES, channels=3, progress=False)
 
 
+def test_write_shards_more_shards_than_images_gives_usable_shards(tmp_path):
+    images = np.zeros((3, RES, RES, 3), np.uint8)
+    try:
+        index = write_shards(zip(images, range(3)), tmp_path, name="few", resolution=RES, channels=3,
+                             num_shards=5, progress=False)
+    except ValueError:
+        return  # refusing is fine too
+    assert all(s.count > 0 for s in index.shards)
+    locate.check(locate.resolve(str(tmp_path), RES, 3), resolution=RES, channels=3, ranks=1, workers=1)
+
+
+def test_write_shards_rejects_negative_num_shards(tmp_path):
+    images = np.zeros((3, RES, RES, 3), np.uint8)
+    with pytest.raises(ValueError):
+        write_shards(zip(images, range(3)), tmp_path, name="neg", resolution=RES, channels=3, num_shards=-1,
+                     progress=False)
+
+
 # --------------------------------------------------------------------------------------------
 # stream: shard assignment, raw samples
 # --------------------------------------------------------------------------------------------
@@ -176,7 +198,6 @@ def test_epoch_shards_partition_all_shards_per_epoch():
         parts = [stream.epoch_shards(spec, epoch, slot) for slot in range(spec.slots)]
         assert sorted(i for p in parts for i in p) == list(range(10))
         assert sorted(len(p) for p in parts) == [2, 2, 3, 3]
-    assert stream.epoch_shards(spec, 0, 1) == stream.epoch_shards(spec, 0, 1)
 
 
 @pytest.mark.parametrize("counts_known", [True, False])
@@ -223,6 +244,38 @@ def test_raw_samples_skip_equals_dropping(tmp_path):
             assert [(s["__key__"], s["__flip__"]) for s in got] == [(s["__key__"], s["__flip__"]) for s in ref[skip:]]
 
 
+def test_raw_samples_skips_whole_epochs_without_reading_them(tmp_path, monkeypatch):
+    _, _, index, urls = make_shards(tmp_path, n=40, shards=8)
+    spec = spec_for(urls, [s.count for s in index.shards], world_size=2, workers=2)
+    opened = []
+    real = stream.wds.tarfile_samples
+
+    def recording(src, **kw):
+        opened.extend(u["url"] for u in src)
+        return real(src, **kw)
+
+    monkeypatch.setattr(stream.wds, "tarfile_samples", recording)
+    it = stream.raw_samples(spec, 1, skip=20)  # slot 1 reads 10 samples per epoch: skip epochs 0 and 1
+    next(it)
+    assert opened == [urls[i] for i in stream.epoch_shards(spec, 2, 1)]
+
+
+def test_raw_samples_shuffle_within_shard_depends_on_seed(tmp_path):
+    _, _, _, urls = make_shards(tmp_path, n=12, shards=1)
+    stored = shard_keys(urls[0])
+
+    def first_pass(seed, buffer):
+        it = stream.raw_samples(spec_for(urls, [12], seed=seed, shuffle_buffer=buffer), 0)
+        return [next(it)["__key__"] for _ in range(12)]
+
+    for buffer in (4, 64):  # smaller and larger than the shard
+        orders = [first_pass(seed, buffer) for seed in (0, 1)]
+        assert all(sorted(o) == sorted(stored) for o in orders)
+        assert orders[0] != stored and orders[1] != stored, "samples come out in tar order"
+        assert orders[0] != orders[1], "the shuffle ignores the seed"
+        assert first_pass(0, buffer) == orders[0]
+
+
 def test_raw_samples_reports_slot_without_shards(tmp_path):
     _, _, index, urls = make_shards(tmp_path, n=6, shards=2)
     spec = spec_for(urls, [s.count for s in index.shards], world_size=1, workers=3)
@@ -265,7 +318,7 @@ def test_loader_batches_have_shape_labels_and_cover_the_rank_share(toy40, rank0_
     shard_labels = [[int(s["cls"]) for s in wds.tarfile_samples([{"url": u}])] for u in urls]
     want = Counter(lab for epoch in (0, 1) for slot in (0, 1)
                    for i in stream.epoch_shards(spec, epoch, slot) for lab in shard_labels[i])
-    got = Counter(int(x) for b in batches[:10] for x in b["label"])
+    got = Counter(all_labels(batches[:10]))
     assert sum(got.values()) == 40 and got == want
 
 
@@ -309,8 +362,7 @@ def test_same_spec_gives_identical_batches_and_seed_changes_order(toy40, rank0_t
     spec = spec_for(urls, counts, world_size=2, workers=2)
     assert_same_batches(take_batches(spec, 12), rank0_two_workers[False])
     other = take_batches(replace(spec, seed=spec.seed + 1), 12)
-    labels = lambda bs: [int(x) for b in bs for x in b["label"]]
-    assert labels(other) != labels(rank0_two_workers[False])
+    assert all_labels(other) != all_labels(rank0_two_workers[False])
 
 
 def test_ranks_get_different_samples(toy40):
@@ -427,6 +479,14 @@ def test_resolve_empty_directory_fails(tmp_path):
 def test_resolve_embedded_digits_writes_cache_once(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("DCGAN_DIST_CACHE", str(cache))
+    writes = []
+    real_write = shards_module.write_shards
+
+    def counting_write(*args, **kwargs):
+        writes.append(1)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(shards_module, "write_shards", counting_write)
     first = locate.resolve("embedded:digits", RES, 1)
     assert first.urls and all(Path(u).parent == cache / f"digits{RES}c1" for u in first.urls)
     assert first.index.count == 1797 and sum(first.counts) == 1797
@@ -435,6 +495,7 @@ def test_resolve_embedded_digits_writes_cache_once(tmp_path, monkeypatch):
     assert INDEX_NAME in mtimes
     second = locate.resolve("embedded:digits", RES, 1)
     assert second.urls == first.urls
+    assert len(writes) == 1, "the cached shards were written again"
     assert {p.name: p.stat().st_mtime_ns for p in (cache / f"digits{RES}c1").iterdir()} == mtimes
     assert sorted(p.name for p in cache.iterdir()) == [f"digits{RES}c1"]  # no temp dirs left behind
 
@@ -471,12 +532,15 @@ def test_check_too_few_shards_names_numbers_and_workers_key(tmp_path):
     assert "4 shard" in msg and "6" in msg and "data.workers" in msg
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated_header", "empty_file"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated_header", "empty_file", "no_members"])
 def test_check_unreadable_shard_names_file(tmp_path, damage):
     _, _, _, urls = make_shards(tmp_path, n=8, shards=4)
     victim = Path(urls[2])
     data = victim.read_bytes()
-    victim.write_bytes({"garbage": os.urandom(4096), "truncated_header": data[:200], "empty_file": b""}[damage])
+    if damage == "no_members":
+        tarfile.open(victim, "w").close()  # a valid tar without members
+    else:
+        victim.write_bytes({"garbage": os.urandom(4096), "truncated_header": data[:200], "empty_file": b""}[damage])
     with pytest.raises(DataError) as exc:
         locate.check(locate.resolve(str(tmp_path), RES, 3), resolution=RES, channels=3, ranks=1, workers=1)
     assert str(victim) in str(exc.value)
@@ -536,8 +600,10 @@ def test_prepare_cli_writes_digits(tmp_path):
 
 
 def test_prepare_cli_help_and_bad_args(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "dcgan_dist.prepare", *a], cwd=REPO,
-                                    capture_output=True, text=True, timeout=60)
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "dcgan_dist.prepare", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+
     helped = run("--help")
     assert helped.returncode == 0 and "--shards" in helped.stdout
     too_small = run("digits", "--out", str(tmp_path / "x"), "--resolution", "4")

@@ -5,6 +5,8 @@ Each test asserts world size 2: on CPU the failure mode is two silent world-size
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -146,3 +148,13 @@ def test_signal_checkpoints_then_resume_continues(tmp_path, how):
     final = read_json(newest_checkpoint(run_dir) / "meta.json")
     assert final["nimg"] == target and final["step"] == meta["step"] + 4
     assert read_json(run_dir / "status.json")["state"] == "complete"
+
+
+def test_bf16_autocast_on_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = launch(CONFIG, TINY + [f"run.dir={run_dir}", "train.kimg=0.064", "train.mixed_precision=bf16"])
+    assert "world size 2" in proc.stderr and "mixed precision bf16" in proc.stderr
+    meta = read_json(newest_checkpoint(run_dir) / "meta.json")
+    assert meta["world_size"] == 2 and meta["param_digests"][0] == meta["param_digests"][1]
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert stats and all(math.isfinite(s["Loss/D"]) and math.isfinite(s["Loss/G"]) for s in stats)
