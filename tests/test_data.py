@@ -593,7 +593,7 @@ def test_prepare_cli_writes_digits(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "1797" in proc.stdout
-    assert sorted(p.name for p in out.glob("*.tar")) == [f"digits-{i:06d}.tar" for i in range(4)]
+    assert sorted(p.name for p in out.glob("*.tar")) == [f"digits16-{i:06d}.tar" for i in range(4)]
     raw = json.loads((out / INDEX_NAME).read_text())
     assert raw["count"] == 1797 and raw["resolution"] == 16 and raw["channels"] == 1
     assert sum(raw["class_counts"]) == 1797 and len(raw["class_counts"]) == 10

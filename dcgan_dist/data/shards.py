@@ -50,6 +50,7 @@ class DatasetIndex:
     skipped: int = 0
     format: str = FORMAT
     sources: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # how the images were made (resize filter, crop, ...)
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / INDEX_NAME
@@ -80,6 +81,90 @@ def split_evenly(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
+def plan_shards(n: int, num_shards: Optional[int] = None, shard_size: int = 2000, min_shards: int = 64) -> list[int]:
+    """Planned sizes of the shards for `n` images.
+
+    By default at least `min_shards` shards (when there are that many images): every rank x worker
+    must own at least one shard, and 64 covers e.g. 8 GPUs x 8 workers. Otherwise `shard_size` each.
+    """
+    if num_shards is not None and num_shards < 1:
+        raise ValueError(f"the number of shards must be >= 1 (got {num_shards})")
+    if shard_size < 1:
+        raise ValueError(f"the shard size must be >= 1 (got {shard_size})")
+    if n < 1:
+        raise ValueError("no images to write")
+    count = num_shards if num_shards is not None else max(-(-n // shard_size), min(min_shards, n))
+    if count > n:  # an empty shard would be unreadable for the trainer
+        raise ValueError(f"{count} shards asked for but only {n} images: ask for at most {n} shards")
+    return split_evenly(n, count)
+
+
+class ShardSink:
+    """Writes encoded samples, in the order given, into shards of planned sizes, and the index.
+
+    A sample that turned out unreadable (`None`) is counted as skipped; its shard is one smaller.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, name: str, sizes: list[int], encoding: str = "png"):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.name, self.sizes, self.encoding = name, sizes, encoding
+        self.shards: list[ShardInfo] = []
+        self.hashes: list[str] = []
+        self.labels: list[int] = []
+        self.skipped = 0
+        self._shard = -1
+        self._left = 0
+        self._writer: Optional[wds.TarWriter] = None
+        self._in_shard = 0
+
+    def _next_shard(self) -> None:
+        self._close_shard()
+        self._shard += 1
+        self._left = self.sizes[self._shard]
+        shard_name = f"{self.name}-{len(self.shards):06d}.tar"
+        self._writer = wds.TarWriter(str(self.out / shard_name), encoder=False, mtime=0.0)
+        self.shards.append(ShardInfo(shard_name, 0))
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            if self.shards[-1].count == 0:  # every sample of this shard was unreadable
+                (self.out / self.shards.pop().name).unlink()
+
+    def add(self, key: str, encoded: Optional[bytes], label: int) -> None:
+        if self._left == 0:
+            self._next_shard()
+        self._left -= 1
+        if encoded is None:
+            self.skipped += 1
+            return
+        cls = str(label).encode()
+        self._writer.write({"__key__": key, self.encoding: encoded, "cls": cls})
+        self.shards[-1].count += 1
+        self.hashes.append(hashlib.sha256(encoded + b"|" + cls).hexdigest())
+        self.labels.append(label)
+
+    def finish(self, *, resolution: int, channels: int, classes: list[str], sources: list[str],
+               extra: Optional[dict] = None) -> DatasetIndex:
+        self._close_shard()
+        if not self.hashes:
+            raise ValueError(f"no readable images for {self.name!r} ({self.skipped} unreadable): nothing written")
+        class_counts = [0] * len(classes)
+        for label in self.labels:
+            if 0 <= label < len(classes):
+                class_counts[label] += 1
+        # Order-free hash: the same images and labels give the same hash whatever the shuffle seed.
+        content = hashlib.sha256("".join(sorted(self.hashes)).encode()).hexdigest()
+        index = DatasetIndex(
+            name=self.name, count=len(self.hashes), resolution=resolution, channels=channels,
+            encoding=self.encoding, classes=list(classes), class_counts=class_counts, shards=self.shards,
+            content_sha256=content, skipped=self.skipped, sources=list(sources), options=dict(extra or {}))
+        index.save(self.out)
+        return index
+
+
 def write_shards(
     samples: Iterable[tuple[np.ndarray, int]],
     out_dir: str | os.PathLike,
@@ -89,22 +174,19 @@ def write_shards(
     channels: int,
     classes: Optional[list[str]] = None,
     num_shards: Optional[int] = None,
-    shard_size: int = 1000,
+    shard_size: int = 2000,
     seed: int = 0,
     sources: Optional[list[str]] = None,
     progress: bool = True,
 ) -> DatasetIndex:
-    """Encode `samples` (HxWxC uint8 image, label) and write them as shuffled, evenly sized shards.
+    """Encode in-memory `samples` (HxWxC uint8 image, label) and write them as shuffled, evenly sized
+    shards. (The prepare tool streams large sources through `ShardSink` instead.)
 
     The samples are shuffled with `seed` before sharding so every shard holds a mix of classes
     (sources often arrive sorted by class). Either `num_shards` or `shard_size` sets the split.
     """
     if num_shards is not None and num_shards < 1:
         raise ValueError(f"the number of shards must be >= 1 (got {num_shards})")
-    if shard_size < 1:
-        raise ValueError(f"the shard size must be >= 1 (got {shard_size})")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     encoded: list[tuple[bytes, int]] = []
     for image, label in tqdm(samples, desc=f"encode {name}", unit="img", disable=not progress):
         if image.shape != (resolution, resolution, channels):
@@ -112,32 +194,10 @@ def write_shards(
         encoded.append((encode_png(image), int(label)))
     if not encoded:
         raise ValueError(f"no images to write for {name!r}: the sources were empty or unreadable")
-
-    order = np.random.default_rng(seed).permutation(len(encoded))
-    n_shards = num_shards if num_shards is not None else -(-len(encoded) // shard_size)
-    if n_shards > len(encoded):  # an empty shard would be unreadable for the trainer
-        raise ValueError(f"{n_shards} shards asked for but only {len(encoded)} images: ask for at most "
-                         f"{len(encoded)} shards")
-    sizes = split_evenly(len(encoded), n_shards)
-    sample_hashes, shards, start = [], [], 0
-    class_counts = [0] * len(classes or [])
-    for s, size in enumerate(tqdm(sizes, desc=f"write {name}", unit="shard", disable=not progress)):
-        shard_name = f"{name}-{s:06d}.tar"
-        with wds.TarWriter(str(out / shard_name), encoder=False, mtime=0.0) as sink:
-            for idx in order[start:start + size]:
-                png, label = encoded[idx]
-                sink.write({"__key__": f"{idx:08d}", "png": png, "cls": str(label).encode()})
-                sample_hashes.append(hashlib.sha256(png + b"|" + str(label).encode()).hexdigest())
-                if 0 <= label < len(class_counts):
-                    class_counts[label] += 1
-        shards.append(ShardInfo(shard_name, size))
-        start += size
-    # Order-free hash: the same images and labels give the same hash whatever the shuffle seed.
-    content = hashlib.sha256("".join(sorted(sample_hashes)).encode()).hexdigest()
-    index = DatasetIndex(
-        name=name, count=len(encoded), resolution=resolution, channels=channels, encoding="png",
-        classes=list(classes or []), class_counts=class_counts, shards=shards,
-        content_sha256=content, sources=list(sources or []),
-    )
-    index.save(out)
-    return index
+    sizes = plan_shards(len(encoded), num_shards, shard_size, min_shards=1)
+    sink = ShardSink(out_dir, name, sizes)
+    for idx in np.random.default_rng(seed).permutation(len(encoded)):
+        png, label = encoded[idx]
+        sink.add(f"{idx:08d}", png, label)
+    return sink.finish(resolution=resolution, channels=channels, classes=list(classes or []),
+                       sources=list(sources or []))
