@@ -102,3 +102,10 @@ def test_cli_help_dry_run_and_errors():
 
     out = run_cli("configs/quickstart.yaml", "optim.lrr=1")
     assert out.returncode == 2 and "optim.lrr" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = config.load(path)
+    assert cfg.run.name == path.stem and cfg.data.shards
+    assert path.read_text().lstrip().startswith("#"), "each shipped config starts with a comment saying what it is"

@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dcgan_dist import prepare
@@ -156,3 +157,16 @@ def test_sources_combine_and_jpeg_encoding(tmp_path):
     rc, index = run_prepare(tmp_path, a, b, "--encoding", "jpg", "--no-labels", "--shards", "4")
     assert rc == 0 and index["count"] == 13 and index["classes"] == [] and index["encoding"] == "jpg"
     assert len(index["sources"]) == 2 and all(cls == -1 for _, cls in read_back(tmp_path))
+
+
+def test_pipe_urls_stream_like_local_files(tmp_path):
+    src = tmp_path / "src.tar"
+    write_tar(src, class_tree())
+    assert run_prepare(tmp_path, src, "--shards", "3")[0] == 0
+    local = locate.resolve(str(tmp_path / "out"), RES, 3)
+    piped = locate.resolve(f"pipe:cat {tmp_path}/out/out-{{000000..000002}}.tar", RES, 3)
+    assert piped.urls == [f"pipe:cat {u}" for u in local.urls]
+    specs = [stream.StreamSpec(urls=tuple(s.urls), counts=None, batch=9, rank=0, world_size=1, workers=1,
+                               resolution=RES, channels=3, seed=1) for s in (local, piped)]
+    a, b = (next(iter(stream.ShardStream(spec))) for spec in specs)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
