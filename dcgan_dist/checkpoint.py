@@ -2,8 +2,9 @@
 
 A checkpoint is `RUN/checkpoints/<kimg>/` (e.g. `000012.800/`) holding what
 `accelerator.save_state` writes (both models, both optimizers, the grad scaler, each rank's RNG
-states) plus one `dcgan_rank<r>.pt` per rank (its noise generator) and `meta.json` (image
-counter, data position, architecture, config, a digest of each rank's parameters).
+states) plus one `dcgan_rank<r>.pt` per rank (its noise generator), `generator.safetensors` (G
+alone, for sampling and evaluation) and `meta.json` (image counter, data position, architecture,
+config, a digest of each rank's parameters).
 
 Atomicity: every rank writes into `checkpoints/.tmp-<kimg>/`; only after all ranks are done does
 rank zero write `meta.json`, flush everything to disk and rename the directory into place. A crash
@@ -24,9 +25,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors.torch import save_file
 
 CKPT_DIR = "checkpoints"
 META = "meta.json"
+GENERATOR = "generator.safetensors"
 FORMAT = "dcgan-dist-checkpoint/1"
 _NAME = re.compile(r"^\d{6}\.\d{3}$")
 
@@ -107,8 +110,11 @@ def clean_partial(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state: dict, meta: dict[str, Any],
-         keep: int) -> Path:
-    """Collective: every rank must call it at the same point. Returns the final directory."""
+         keep: int, generator: Optional[torch.nn.Module] = None) -> Path:
+    """Collective: every rank must call it at the same point. Returns the final directory.
+
+    `generator` (the unwrapped G) is also written as `generator.safetensors`, the same under DDP and
+    DeepSpeed, so sampling and evaluation never need the training backend's file layout."""
     root = Path(run_dir) / CKPT_DIR
     final = root / name_for(progress.nimg)
     tmp = root / f".tmp-{final.name}"
@@ -120,6 +126,9 @@ def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state
     torch.save(rank_state, tmp / f"dcgan_rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if generator is not None:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in generator.state_dict().items()},
+                      str(tmp / GENERATOR))
         full_meta = {"format": FORMAT, "nimg": progress.nimg, "kimg": progress.nimg / 1000, "step": progress.step,
                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
         (tmp / META).write_text(json.dumps(full_meta, indent=2) + "\n")

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 import torch
 from accelerate.utils import gather_object
 
-from . import checkpoint
+from . import checkpoint, engines
 from .checkpoint import Progress
 from .config import Config
 from .losses import d_loss_nonsaturating, g_loss_nonsaturating
@@ -30,9 +30,9 @@ class TrainingDiverged(RuntimeError):
     """The losses stopped being finite; nothing after the last checkpoint is kept."""
 
 
-def to_unit_range(images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 images -> float in [-1, 1] on `device` (the loader ships uint8: 4x less to copy)."""
-    return images_u8.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+def to_unit_range(images_u8: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images -> [-1, 1] on `device` (the loader ships uint8: 4x less to copy)."""
+    return images_u8.to(device, non_blocking=True).float().div_(127.5).sub_(1.0).to(dtype)
 
 
 def train_step(accelerator, G, D, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor, real_label: float) -> torch.Tensor:
@@ -43,16 +43,12 @@ def train_step(accelerator, G, D, opt_g, opt_d, real: torch.Tensor, z: torch.Ten
     real_logits = D(real)
     fake_logits = D(fake.detach())
     loss_d = d_loss_nonsaturating(real_logits, fake_logits, real_label)
-    accelerator.backward(loss_d)
-    opt_d.step()
-    opt_d.zero_grad(set_to_none=True)
+    engines.update(accelerator, D, opt_d, loss_d)
 
     # G step through a frozen D: no gradients for D's weights, hence no all-reduce of them.
     D.requires_grad_(False)
     loss_g = g_loss_nonsaturating(D(fake))
-    accelerator.backward(loss_g)
-    opt_g.step()
-    opt_g.zero_grad(set_to_none=True)
+    engines.update(accelerator, G, opt_g, loss_g)
     D.requires_grad_(True)
 
     return torch.stack([
@@ -79,6 +75,7 @@ class LoopState:
     tracker: Optional[Tracker]  # rank zero only
     meta: dict  # architecture, config and data layout stored in every checkpoint
     dataset_size: Optional[int] = None
+    dtype: torch.dtype = torch.float32  # the models' input dtype (bf16/fp16 under DeepSpeed mixed precision)
     last_checkpoint: Optional[str] = None
     extra_scalars: dict = field(default_factory=dict)
 
@@ -114,8 +111,8 @@ class Loop:
                 self.maintenance(final=True)
                 return "stopped"
             batch = next(s.batches)
-            z = torch.randn(self.batch_per_rank, z_dim, generator=s.noise).to(device, non_blocking=True)
-            real = to_unit_range(batch["image"], device)
+            z = torch.randn(self.batch_per_rank, z_dim, generator=s.noise).to(device, s.dtype, non_blocking=True)
+            real = to_unit_range(batch["image"], device, s.dtype)
             self.stats.add(train_step(s.accelerator, s.G, s.D, s.opt_g, s.opt_d, real, z, s.cfg.loss.real_label),
                            batch["bad"])
             s.progress.nimg += self.global_batch
@@ -186,7 +183,7 @@ class Loop:
         was_training = G.training
         G.eval()
         with torch.no_grad():
-            fakes = G(s.fixed_z.to(s.accelerator.device))
+            fakes = G(s.fixed_z.to(s.accelerator.device, s.dtype))
         G.train(was_training)
         nimg = s.progress.nimg
         s.tracker.images("Samples/fixed_noise", fakes, nimg, f"fakes_{checkpoint.name_for(nimg)}.png")
@@ -201,7 +198,7 @@ class Loop:
                       "training in sync", s.progress.nimg / 1000, digests)
         meta = {**s.meta, "world_size": s.accelerator.num_processes, "param_digests": digests}
         path = checkpoint.save(s.accelerator, s.cfg.run.dir, s.progress, {"noise": s.noise.get_state()},
-                               meta, keep=s.cfg.checkpoint.keep)
+                               meta, keep=s.cfg.checkpoint.keep, generator=G)
         s.last_checkpoint = str(path)
         log.info("checkpoint %s", path)
         if s.tracker:

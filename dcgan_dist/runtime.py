@@ -12,8 +12,9 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
+from . import engines
 from .config import Config, ConfigError
 
 log = logging.getLogger("dcgan_dist")
@@ -23,8 +24,9 @@ log = logging.getLogger("dcgan_dist")
 warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
-    """The accelerator for this process, refusing the set-ups that silently do the wrong thing."""
+def make_accelerator(cfg: Config) -> tuple[Accelerator, str]:
+    """The accelerator for this process and its precision (no | bf16 | fp16), refusing the set-ups
+    that silently do the wrong thing."""
     on_cpu = not torch.cuda.is_available()
     if on_cpu:  # DeepSpeed (imported by accelerate's checkpointing) would warn that it fell back to CPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -32,21 +34,32 @@ def make_accelerator(cfg: Config) -> Accelerator:
     if on_cpu and (precision or os.environ.get("ACCELERATE_MIXED_PRECISION")) == "fp16":
         raise ConfigError("train.mixed_precision=fp16 needs a GPU: on CPU accelerate silently trains in fp32. "
                           "Use train.mixed_precision=bf16 (CPU autocast) or no.")
-    accelerator = Accelerator(
-        # Without cpu=True, a 2-process CPU launch runs two independent world-size-1 trainings.
-        cpu=on_cpu,
-        mixed_precision=precision,
-        # BatchNorm statistics stay per rank: re-broadcasting rank 0's buffers every forward costs
-        # a collective per forward and is not what Radford's per-GPU BatchNorm does.
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-    )
+    if engines.deepspeed_requested():
+        precision = precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        os.environ.pop("ACCELERATE_MIXED_PRECISION", None)  # carried by the DeepSpeed config instead
+        accelerator = Accelerator(
+            # Not cpu=True: that silently turns DeepSpeed off. DeepSpeed finds the CPU by itself, but
+            # without an explicit gloo group every rank believes it is rank 0.
+            deepspeed_plugins=engines.deepspeed_plugins(cfg, precision),
+            kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if on_cpu else [],
+        )
+    else:
+        accelerator = Accelerator(
+            # Without cpu=True, a 2-process CPU launch runs two independent world-size-1 trainings.
+            cpu=on_cpu,
+            mixed_precision=precision,
+            # BatchNorm statistics stay per rank: re-broadcasting rank 0's buffers every forward costs
+            # a collective per forward and is not what Radford's per-GPU BatchNorm does.
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        )
+        precision = str(accelerator.mixed_precision)
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         raise RuntimeError(
             f"accelerate started {accelerator.num_processes} process(es) in this group but the launcher set "
             f"WORLD_SIZE={expected}: the processes are not training together. On CPU use "
             "`accelerate launch --config_file launch/cpu.yaml` (MULTI_GPU + num_processes), not --cpu/--multi_gpu flags.")
-    return accelerator
+    return accelerator, precision
 
 
 class StopRequest:
@@ -103,7 +116,7 @@ def shutdown(accelerator: Accelerator) -> None:
     dropped its own references to the prepared models, optimizers and loaders first.
     """
     accelerator.wait_for_everyone()
-    accelerator.free_memory()
+    accelerator.free_memory()  # before end_training: under DeepSpeed it fails afterwards
     gc.collect()
     accelerator.end_training()
     if dist.is_initialized():

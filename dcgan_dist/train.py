@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from . import checkpoint, config, runtime, tracking
+from . import checkpoint, config, engines, runtime, tracking
 from .checkpoint import CheckpointError, Progress
 from .config import Config, ConfigError
 from .data import locate, stream
@@ -60,8 +60,8 @@ def build_data(cfg: Config, accelerator, progress: Progress):
     return shards, loader
 
 
-def build_training(cfg: Config, accelerator):
-    """Models and optimizers, identically initialised on every rank, prepared for DDP / mixed precision."""
+def build_training(cfg: Config, accelerator, precision: str):
+    """Models and optimizers, identically initialised on every rank, prepared for DDP or DeepSpeed."""
     set_seed(cfg.seed)
     m = cfg.model
     G, D = build_models(m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, m.max_channels, m.d_dropout)
@@ -69,9 +69,9 @@ def build_training(cfg: Config, accelerator):
     o = cfg.optim
     opt_g = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=(o.beta1, o.beta2))
-    G, D, opt_g, opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+    prepared = engines.prepare(accelerator, G, D, opt_g, opt_d, precision)
     set_seed(cfg.seed, device_specific=True)  # dropout masks differ across ranks from here on
-    return G, D, opt_g, opt_d
+    return prepared
 
 
 def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> Progress:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(config.to_yaml(cfg), end="")
         return 0
 
-    accelerator = runtime.make_accelerator(cfg)
+    accelerator, precision = runtime.make_accelerator(cfg)
     run_dir = Path(cfg.run.dir)
     if accelerator.is_main_process:
         tracking.prepare_run_dir(cfg)
@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
                               f"{accelerator.num_processes} processes")
         log.info("run %s: world size %d (%s), device %s, mixed precision %s, %d images per rank per step",
                  run_dir, accelerator.num_processes, accelerator.distributed_type, accelerator.device,
-                 accelerator.mixed_precision, cfg.train.batch // accelerator.num_processes)
+                 precision, cfg.train.batch // accelerator.num_processes)
         m = cfg.model
         arch = arch_signature(m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, m.max_channels)
-        G, D, opt_g, opt_d = build_training(cfg, accelerator)
+        G, D, opt_g, opt_d, dtype = build_training(cfg, accelerator, precision)
         noise = torch.Generator().manual_seed(cfg.seed * 65_536 + 1 + accelerator.process_index)
         progress = resume(cfg, accelerator, noise, arch)
         shards, loader = build_data(cfg, accelerator, progress)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress, stop=stop, tracker=tracker,
             meta={"arch": arch, "config": config.to_dict(cfg), "workers": max(1, cfg.data.workers),
                   "batch": cfg.train.batch},
-            dataset_size=shards.index.count if shards.index else None)
+            dataset_size=shards.index.count if shards.index else None, dtype=dtype)
         if progress.nimg >= total_nimg:
             log.info("already trained to kimg %.3f >= train.kimg=%g; raise train.kimg to continue",
                      progress.nimg / 1000, cfg.train.kimg)

@@ -45,7 +45,8 @@ def test_two_process_run_leaves_a_complete_run_directory(tmp_path):
     # G's and D's parameters are bitwise identical on both ranks after training.
     assert len(meta["param_digests"]) == 2 and meta["param_digests"][0] == meta["param_digests"][1]
     for name in ("model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin",
-                 "random_states_0.pkl", "random_states_1.pkl", "dcgan_rank0.pt", "dcgan_rank1.pt"):
+                 "random_states_0.pkl", "random_states_1.pkl", "dcgan_rank0.pt", "dcgan_rank1.pt",
+                 "generator.safetensors"):
         assert (ckpt / name).is_file(), name
 
     assert "train:" in (run_dir / "config.yaml").read_text()
