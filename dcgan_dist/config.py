@@ -84,6 +84,15 @@ class CheckpointCfg:
 
 
 @dataclass
+class EvalCfg:
+    every_kimg: float = opt(0.0, "FID every this many kimg during training (0 = off); the best-FID checkpoint is kept")
+    num: int = opt(10000, "generated images per FID (and real images for the reference statistics)")
+    batch: int = opt(64, "images per rank per Inception forward pass")
+    inception: Optional[str] = opt(None, "FID Inception weights file (else $DCGAN_DIST_INCEPTION, else a download)")
+    inception_score: bool = opt(False, "also compute IS (needs weights with the 1008-class logits)")
+
+
+@dataclass
 class Config:
     run: RunCfg = field(default_factory=RunCfg)
     data: DataCfg = field(default_factory=DataCfg)
@@ -92,6 +101,7 @@ class Config:
     optim: OptimCfg = field(default_factory=OptimCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
     resume: str = opt("auto", "auto (newest complete checkpoint in run.dir, if any) | a checkpoint path | none")
     seed: int = opt(0, "seed for weights, noise, data order and sample grids")
 
@@ -173,6 +183,8 @@ def validate(cfg: Config) -> None:
     need(cfg.train.mixed_precision in ("auto", "no", "bf16", "fp16"),
          f"train.mixed_precision must be one of auto, no, bf16, fp16 (got {cfg.train.mixed_precision!r})")
     need(cfg.checkpoint.every_kimg > 0, "checkpoint.every_kimg must be > 0")
+    need(cfg.eval.every_kimg >= 0, f"eval.every_kimg must be >= 0 (got {cfg.eval.every_kimg})")
+    need(cfg.eval.num >= 2 and cfg.eval.batch >= 1, "eval.num must be >= 2 and eval.batch >= 1")
     need(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1 (got {cfg.checkpoint.keep})")
     need(cfg.model.channels in (1, 3), f"model.channels must be 1 or 3 (got {cfg.model.channels})")
     need(cfg.model.z_dim > 0 and cfg.model.g_width > 0 and cfg.model.d_width > 0,

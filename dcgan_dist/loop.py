@@ -129,7 +129,7 @@ class Loop:
 
     def maintenance(self, final: bool = False) -> None:
         s, nimg = self.s, self.s.progress.nimg
-        if self.stats.steps > 0 or final:
+        if self.stats.steps > 0:  # a stop right after a tick has nothing new to report (it would log zeros)
             self.report()
         t0 = time.time()
         if final or nimg // self.sample_nimg > self.last_sample_nimg // self.sample_nimg:

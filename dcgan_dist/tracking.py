@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torchvision.utils import make_grid, save_image
@@ -36,6 +36,8 @@ log = logging.getLogger("dcgan_dist")
 
 # Names of the per-step statistics, in the order they are stacked on the device.
 STAT_NAMES = ("Loss/D", "Loss/G", "D/real", "D/fake")
+# The last tick's values that TensorBoard's HParams tab shows beside a run's settings.
+FINAL_METRICS = (*STAT_NAMES, "Speed/img_per_sec")
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -110,6 +112,7 @@ class Tracker:
         self.stats_file = open(run_dir / "stats.jsonl", "a")
         self.world_size = world_size
         self.total_nimg = total_nimg
+        self.last_values: dict[str, float] = {}
         self.bar = tqdm(total=total_nimg, initial=start_nimg, unit="img", unit_scale=True, dynamic_ncols=True,
                         desc=cfg.run.name, smoothing=0.1, file=sys.stderr,
                         # In a log file (Slurm, CI) a redraw is a line: redraw rarely there.
@@ -125,6 +128,7 @@ class Tracker:
         self.writer.flush()
         self.stats_file.write(json.dumps({"kimg": nimg / 1000, **values}) + "\n")
         self.stats_file.flush()
+        self.last_values = values
         self.bar.set_postfix_str(f"D {values['Loss/D']:.3f} G {values['Loss/G']:.3f} "
                                  f"D(x) {values['D/real']:.2f} D(G(z)) {values['D/fake']:.2f}", refresh=False)
 
@@ -137,6 +141,16 @@ class Tracker:
         self.writer.add_image(tag, grid, global_step=nimg)
         self.writer.flush()
         return path
+
+    def hparams(self, hparams: dict[str, Any], nimg: int) -> None:
+        """The run's settings (e.g. a sweep's overrides) and final numbers, for TensorBoard's HParams tab."""
+        if not hparams:
+            return
+        metrics = {f"final/{k}": v for k, v in self.last_values.items() if k in FINAL_METRICS}
+        metrics["final/kimg"] = nimg / 1000
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+        # run_name=".": written into the run's own directory, so the tab lists the run under its own name.
+        self.writer.add_hparams(values, metrics, run_name=".", global_step=nimg)
 
     def status(self, state: str, nimg: int, **extra) -> None:
         write_status(self.run_dir, state, kimg=nimg / 1000, total_kimg=self.total_nimg / 1000,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
+from omegaconf import OmegaConf
 
 from . import checkpoint, config, engines, runtime, tracking
 from .checkpoint import CheckpointError, Progress
@@ -38,6 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.kimg=50 optim.g_lr=1e-4")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit without training")
     return p.parse_args(argv)
+
+
+def overridden(cfg: Config, overrides: list[str]) -> dict:
+    """The keys set on the command line (a sweep's settings) with their resolved values; run.* is bookkeeping."""
+    resolved = OmegaConf.create(config.to_dict(cfg))
+    keys = dict.fromkeys(o.split("=", 1)[0] for o in overrides)
+    return {k: OmegaConf.select(resolved, k) for k in keys if not k.startswith("run.")}
 
 
 def build_data(cfg: Config, accelerator, progress: Progress):
@@ -150,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         state.stop.close()
         if tracker:
             tracker.status(outcome, progress.nimg, checkpoint=state.last_checkpoint)
+            if outcome == "complete":
+                tracker.hparams(overridden(cfg, args.overrides), progress.nimg)
             log.info("%s at kimg %.3f; run directory %s", outcome, progress.nimg / 1000, run_dir)
     except USER_ERRORS + (TrainingDiverged,) as e:
         log.error("%s", e)

@@ -1,0 +1,142 @@
+"""One row per run of a sweep (or any directory of runs): overrides, progress, state, best FID, speed.
+
+    python -m dcgan_dist.report runs/<sweep>            # a table
+    python -m dcgan_dist.report runs/<sweep> --json     # the same rows as a JSON list
+
+A run is a directory holding status.json (written by the trainer) or sweep.json (written by
+slurm/sweep.sh before the run starts; a run without status.json yet is `pending`). The columns:
+its sweep overrides (sweep.json), the kimg reached (status.json, or the last tick in stats.jsonl
+when that is further) and asked for, the state (status.json), the best FID and the kimg it was
+measured at (the lowest "fid" in metrics.jsonl, when there is one) and the training speed (the
+median "Speed/img_per_sec" of stats.jsonl's ticks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from .sweep import RECORD
+
+STATUS, STATS, METRICS = "status.json", "stats.jsonl", "metrics.jsonl"
+
+
+def _json(path: Path) -> Optional[dict]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _lines(path: Path) -> Iterator[dict]:
+    """The JSON objects of a .jsonl file; a line cut short by a running writer is skipped."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return
+    for line in text.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            yield doc
+
+
+def _number(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def find_runs(root: Path) -> list[Path]:
+    """`root` itself when it is a run, else the runs below it (any depth), sorted by path."""
+    def is_run(p: Path) -> bool:
+        return (p / STATUS).is_file() or (p / RECORD).is_file()
+    if is_run(root):
+        return [root]
+    found = {p.parent for name in (STATUS, RECORD) for p in root.rglob(name)}
+    return sorted(p for p in found if "checkpoints" not in p.parts)
+
+
+def summarize(run: Path, root: Path) -> dict:
+    status = _json(run / STATUS) or {}
+    record = _json(run / RECORD) or {}
+    fids = [(f, _number(m.get("kimg"))) for m in _lines(run / METRICS) if (f := _number(m.get("fid"))) is not None]
+    best = min(fids, key=lambda x: x[0]) if fids else (None, None)
+    ticks = list(_lines(run / STATS))
+    speeds = [s for t in ticks if (s := _number(t.get("Speed/img_per_sec"))) and s > 0]
+    # status.json moves at checkpoints, stats.jsonl every tick: a running run is as far as its last tick.
+    last_tick = _number(ticks[-1].get("kimg")) if ticks else None
+    reached = [k for k in (_number(status.get("kimg")), last_tick) if k is not None]
+    params = record.get("params") or {}
+    return {
+        "run": str(run.relative_to(root)) if run != root else run.name,
+        "run_dir": str(run),
+        "index": record.get("index"),
+        "overrides": [f"{k}={v}" for k, v in params.items()],
+        "state": status.get("state", "pending" if record else "unknown"),
+        "kimg": max(reached) if reached else None,
+        "total_kimg": _number(status.get("total_kimg")),
+        "best_fid": best[0],
+        "best_fid_kimg": best[1],
+        "img_per_sec": statistics.median(speeds) if speeds else None,
+        "world_size": status.get("world_size"),
+        "slurm_job": record.get("slurm_job"),
+        "error": status.get("error"),
+    }
+
+
+def collect(root: Path) -> list[dict]:
+    rows = [summarize(run, root) for run in find_runs(root)]
+    return sorted(rows, key=lambda r: (r["index"] is None, r["index"] if r["index"] is not None else 0, r["run"]))
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("#", "state", "kimg", "best FID", "img/s", "overrides")
+    body = [(
+        "-" if r["index"] is None else str(r["index"]),
+        r["state"],
+        f"{_fmt(r['kimg'], '.3f')}/{_fmt(r['total_kimg'], 'g')}",
+        _fmt(r["best_fid"], ".2f") + (f" @{r['best_fid_kimg']:g}" if r["best_fid_kimg"] is not None else ""),
+        _fmt(r["img_per_sec"], ".1f"),
+        " ".join(r["overrides"]) or r["run"],
+    ) for r in rows]
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
+    right = {0, 2, 3, 4}
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in (head, *body)]
+    errors = [f"{r['run']}: {r['error']}" for r in rows if r["error"]]
+    return "\n".join(lines + ([""] + errors if errors else []))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dcgan_dist.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", help="a sweep's directory (runs/<sweep>), any directory of runs, or one run")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"error: {root} is not a directory", file=sys.stderr)
+        return 2
+    rows = collect(root)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        print(table(rows))
+    else:
+        print(f"no runs under {root} (a run directory holds {STATUS} or {RECORD})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
