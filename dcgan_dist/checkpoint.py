@@ -110,13 +110,15 @@ def clean_partial(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state: dict, meta: dict[str, Any],
-         keep: int, generator: Optional[torch.nn.Module] = None) -> Path:
+         keep: int, generator: Optional[torch.nn.Module] = None, name: Optional[str] = None) -> Path:
     """Collective: every rank must call it at the same point. Returns the final directory.
+
+    `name` (e.g. "best") saves beside the rotation: resume=auto and `keep` only see <kimg> names.
 
     `generator` (the unwrapped G) is also written as `generator.safetensors`, the same under DDP and
     DeepSpeed, so sampling and evaluation never need the training backend's file layout."""
     root = Path(run_dir) / CKPT_DIR
-    final = root / name_for(progress.nimg)
+    final = root / (name or name_for(progress.nimg))
     tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -141,7 +143,7 @@ def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state
         else:
             os.replace(tmp, final)
         _fsync_dir(root)
-        for stale in complete_checkpoints(run_dir)[:-keep]:
+        for stale in (complete_checkpoints(run_dir)[:-keep] if name is None else []):
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

@@ -85,11 +85,14 @@ class CheckpointCfg:
 
 @dataclass
 class EvalCfg:
-    every_kimg: float = opt(0.0, "FID every this many kimg during training (0 = off); the best-FID checkpoint is kept")
-    num: int = opt(10000, "generated images per FID (and real images for the reference statistics)")
-    batch: int = opt(64, "images per rank per Inception forward pass")
-    inception: Optional[str] = opt(None, "FID Inception weights file (else $DCGAN_DIST_INCEPTION, else a download)")
-    inception_score: bool = opt(False, "also compute IS (needs weights with the 1008-class logits)")
+    every_kimg: float = opt(0.0, "FID (and IS when the weights have logits) every this many kimg, rounded to ticks, "
+                                 "and at the end; 0 = off")
+    num: int = opt(10000, "generated samples per FID, all ranks together (50000 to compare with papers)")
+    ref_num: Optional[int] = opt(None, "real images in the cached reference statistics; default the whole training set")
+    batch: int = opt(64, "images per Inception batch on each rank")
+    inception: Optional[str] = opt(None, "FID Inception weights (pytorch-fid .pth or TorchScript); default "
+                                         "$DCGAN_DIST_INCEPTION, else pytorch-fid's file, downloaded once")
+    preprocess: str = opt("tf1", "tf1 = torch-fidelity / StyleGAN numbers; pytorch-fid = pytorch-fid's numbers")
 
 
 @dataclass
@@ -183,8 +186,6 @@ def validate(cfg: Config) -> None:
     need(cfg.train.mixed_precision in ("auto", "no", "bf16", "fp16"),
          f"train.mixed_precision must be one of auto, no, bf16, fp16 (got {cfg.train.mixed_precision!r})")
     need(cfg.checkpoint.every_kimg > 0, "checkpoint.every_kimg must be > 0")
-    need(cfg.eval.every_kimg >= 0, f"eval.every_kimg must be >= 0 (got {cfg.eval.every_kimg})")
-    need(cfg.eval.num >= 2 and cfg.eval.batch >= 1, "eval.num must be >= 2 and eval.batch >= 1")
     need(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1 (got {cfg.checkpoint.keep})")
     need(cfg.model.channels in (1, 3), f"model.channels must be 1 or 3 (got {cfg.model.channels})")
     need(cfg.model.z_dim > 0 and cfg.model.g_width > 0 and cfg.model.d_width > 0,
@@ -199,6 +200,11 @@ def validate(cfg: Config) -> None:
     need(cfg.data.prefetch >= 1, f"data.prefetch must be >= 1 (got {cfg.data.prefetch})")
     need(bool(cfg.data.shards), "data.shards must name the training shards (see `python -m dcgan_dist.prepare --help`)")
     need(cfg.resume in ("auto", "none") or bool(cfg.resume), "resume must be auto, none or a checkpoint path")
+    need(cfg.eval.every_kimg >= 0, f"eval.every_kimg must be >= 0 (0 = off; got {cfg.eval.every_kimg})")
+    need(cfg.eval.num >= 2 and cfg.eval.batch >= 1, "eval.num must be >= 2 and eval.batch >= 1")
+    need(cfg.eval.ref_num is None or cfg.eval.ref_num >= 2, "eval.ref_num must be >= 2 (or unset: all images)")
+    need(cfg.eval.preprocess in ("tf1", "pytorch-fid"),
+         f"eval.preprocess must be tf1 or pytorch-fid (got {cfg.eval.preprocess!r})")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 

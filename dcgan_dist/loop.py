@@ -7,10 +7,12 @@ logs, sample grids, checkpoints — happens at a tick boundary, every `train.tic
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
@@ -20,6 +22,7 @@ from . import checkpoint, engines
 from .checkpoint import Progress
 from .config import Config
 from .losses import d_loss_nonsaturating, g_loss_nonsaturating
+from .metrics.evaluation import evaluate_generator
 from .runtime import StopRequest
 from .tracking import StepStats, Tracker
 
@@ -76,6 +79,7 @@ class LoopState:
     meta: dict  # architecture, config and data layout stored in every checkpoint
     dataset_size: Optional[int] = None
     dtype: torch.dtype = torch.float32  # the models' input dtype (bf16/fp16 under DeepSpeed mixed precision)
+    fid: Optional[tuple] = None  # (extractor, reference statistics) when eval.every_kimg > 0
     last_checkpoint: Optional[str] = None
     extra_scalars: dict = field(default_factory=dict)
 
@@ -90,6 +94,10 @@ class Loop:
         self.tick_nimg = max(1, int(round(cfg.train.tick_kimg * 1000)))
         self.sample_nimg = max(1, int(round(cfg.train.sample_every_kimg * 1000)))
         self.ckpt_nimg = max(1, int(round(cfg.checkpoint.every_kimg * 1000)))
+        self.eval_nimg = max(1, int(round(cfg.eval.every_kimg * 1000))) if s.fid else 0
+        self.last_eval_nimg = s.progress.nimg
+        best = Path(cfg.run.dir) / checkpoint.CKPT_DIR / "best" / checkpoint.META  # survives resumes
+        self.best_fid = json.loads(best.read_text()).get("fid") if best.is_file() else None
         self.stats = StepStats(s.accelerator.device)
         self.bad_total = 0
         self.last_ckpt_nimg = self.last_sample_nimg = s.progress.nimg
@@ -108,7 +116,7 @@ class Loop:
             if s.stop.poll():
                 log.warning("stop requested (%s): saving a checkpoint at kimg %.3f and exiting",
                             s.stop.signame or "signal on another rank", s.progress.nimg / 1000)
-                self.maintenance(final=True)
+                self.maintenance(final=True, stopping=True)
                 return "stopped"
             batch = next(s.batches)
             z = torch.randn(self.batch_per_rank, z_dim, generator=s.noise).to(device, s.dtype, non_blocking=True)
@@ -127,7 +135,7 @@ class Loop:
 
     # ---- maintenance at tick boundaries -------------------------------------------------------
 
-    def maintenance(self, final: bool = False) -> None:
+    def maintenance(self, final: bool = False, stopping: bool = False) -> None:
         s, nimg = self.s, self.s.progress.nimg
         if self.stats.steps > 0:  # a stop right after a tick has nothing new to report (it would log zeros)
             self.report()
@@ -135,6 +143,12 @@ class Loop:
         if final or nimg // self.sample_nimg > self.last_sample_nimg // self.sample_nimg:
             self.sample_grid()
             self.last_sample_nimg = nimg
+        # Before the checkpoint (its meta can then hold the FID), and not when stopping: a preempted
+        # job has seconds for its checkpoint, not minutes for an evaluation.
+        due = final or nimg // max(self.eval_nimg, 1) > self.last_eval_nimg // max(self.eval_nimg, 1)
+        if self.eval_nimg and due and not stopping:
+            self.evaluate()
+            self.last_eval_nimg = nimg
         if final or nimg // self.ckpt_nimg > self.last_ckpt_nimg // self.ckpt_nimg:
             self.save_checkpoint()
             self.last_ckpt_nimg = nimg
@@ -188,7 +202,23 @@ class Loop:
         nimg = s.progress.nimg
         s.tracker.images("Samples/fixed_noise", fakes, nimg, f"fakes_{checkpoint.name_for(nimg)}.png")
 
-    def save_checkpoint(self) -> None:
+    def evaluate(self) -> None:
+        """Collective: FID (and IS) of G, logged to TensorBoard and metrics.jsonl; a new best FID is
+        saved to checkpoints/best/, beside the rotation."""
+        s, e, nimg = self.s, self.s.cfg.eval, self.s.progress.nimg
+        extractor, ref = s.fid
+        result = evaluate_generator(s.accelerator, s.G, num=e.num, batch=e.batch, z_dim=s.cfg.model.z_dim,
+                                    seed=s.cfg.seed, extractor=extractor, ref_stats=ref, progress=False)
+        is_text = f" IS {result['is_mean']:.3f}" if result["is_mean"] is not None else ""
+        log.info("kimg %9.3f | FID %.3f%s (%d samples, %.0f s)", nimg / 1000, result["fid"], is_text,
+                 result["num"], result["seconds"])
+        if s.tracker:
+            s.tracker.metrics(nimg, result)
+        if self.best_fid is None or result["fid"] < self.best_fid:  # every rank has the same number
+            self.best_fid = result["fid"]
+            self.save_checkpoint(name="best", extra={"fid": result["fid"], "fid_num": e.num})
+
+    def save_checkpoint(self, name: Optional[str] = None, extra: Optional[dict] = None) -> None:
         """Collective. Also proves the ranks agree: each rank's parameter digest goes into meta.json."""
         s = self.s
         G, D = s.accelerator.unwrap_model(s.G), s.accelerator.unwrap_model(s.D)
@@ -196,9 +226,12 @@ class Loop:
         if len(set(digests)) > 1:
             log.error("ranks hold different parameters at kimg %.3f (digests %s): the processes are not "
                       "training in sync", s.progress.nimg / 1000, digests)
-        meta = {**s.meta, "world_size": s.accelerator.num_processes, "param_digests": digests}
+        meta = {**s.meta, "world_size": s.accelerator.num_processes, "param_digests": digests, **(extra or {})}
         path = checkpoint.save(s.accelerator, s.cfg.run.dir, s.progress, {"noise": s.noise.get_state()},
-                               meta, keep=s.cfg.checkpoint.keep, generator=G)
+                               meta, keep=s.cfg.checkpoint.keep, generator=G, name=name)
+        if name is not None:
+            log.info("checkpoint %s (%s)", path, ", ".join(f"{k} {v:.4g}" for k, v in (extra or {}).items()))
+            return
         s.last_checkpoint = str(path)
         log.info("checkpoint %s", path)
         if s.tracker:

@@ -132,6 +132,15 @@ class Tracker:
         self.bar.set_postfix_str(f"D {values['Loss/D']:.3f} G {values['Loss/G']:.3f} "
                                  f"D(x) {values['D/real']:.2f} D(G(z)) {values['D/fake']:.2f}", refresh=False)
 
+    def metrics(self, nimg: int, result: dict) -> None:
+        """One evaluation: TensorBoard `Metrics/*` and a line of metrics.jsonl."""
+        for tag, key in (("Metrics/fid", "fid"), ("Metrics/is_mean", "is_mean"), ("Metrics/is_std", "is_std")):
+            if result.get(key) is not None:
+                self.writer.add_scalar(tag, result[key], global_step=nimg)
+        self.writer.flush()
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"kimg": nimg / 1000, **result}) + "\n")
+
     def images(self, tag: str, images: torch.Tensor, nimg: int, filename: str) -> Path:
         """Save an image grid (values in [-1, 1]) as PNG and as a TensorBoard image."""
         nrow = max(1, int(math.sqrt(images.shape[0])))

@@ -24,11 +24,14 @@ from .config import Config, ConfigError
 from .data import locate, stream
 from .data.locate import DataError
 from .loop import Loop, LoopState, TrainingDiverged
+from .metrics.evaluation import reference_stats
+from .metrics.inception import InceptionWeightsError, load_extractor
+from .metrics.sources import ImageSource, SourceError
 from .models import arch_signature, build_models, count_params
 
 log = logging.getLogger("dcgan_dist")
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, InceptionWeightsError, SourceError)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,6 +69,19 @@ def build_data(cfg: Config, accelerator, progress: Progress):
                     "skipped samples (write shards with `python -m dcgan_dist.prepare` to get one)")
     loader = stream.make_loader(spec, cfg.data.workers, cfg.data.prefetch, pin_memory=accelerator.device.type == "cuda")
     return shards, loader
+
+
+def build_fid(cfg: Config, accelerator, shards):
+    """Collective: the Inception extractor and the training set's reference statistics (cached on
+    disk, so only the first run on a data set pays for them); None when eval.every_kimg is 0."""
+    if cfg.eval.every_kimg <= 0:
+        return None
+    extractor = load_extractor(cfg.eval.inception, origin="eval.inception", device=accelerator.device,
+                               preprocess=cfg.eval.preprocess)
+    log.info("FID every %g kimg from %d samples: %s", cfg.eval.every_kimg, cfg.eval.num, extractor)
+    source = ImageSource.from_shard_set(cfg.data.shards, shards)
+    ref = reference_stats(accelerator, source, num=cfg.eval.ref_num, extractor=extractor, batch=cfg.eval.batch)
+    return extractor, ref
 
 
 def build_training(cfg: Config, accelerator, precision: str):
@@ -134,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         noise = torch.Generator().manual_seed(cfg.seed * 65_536 + 1 + accelerator.process_index)
         progress = resume(cfg, accelerator, noise, arch)
         shards, loader = build_data(cfg, accelerator, progress)
+        fid = build_fid(cfg, accelerator, shards)
         total_nimg = int(round(cfg.train.kimg * 1000))
         if accelerator.is_main_process:
             tracker = tracking.Tracker(cfg, run_dir, progress.nimg, total_nimg, accelerator.num_processes)
@@ -148,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress, stop=stop, tracker=tracker,
             meta={"arch": arch, "config": config.to_dict(cfg), "workers": max(1, cfg.data.workers),
                   "batch": cfg.train.batch},
-            dataset_size=shards.index.count if shards.index else None, dtype=dtype)
+            dataset_size=shards.index.count if shards.index else None, dtype=dtype, fid=fid)
         if progress.nimg >= total_nimg:
             log.info("already trained to kimg %.3f >= train.kimg=%g; raise train.kimg to continue",
                      progress.nimg / 1000, cfg.train.kimg)

@@ -1,0 +1,245 @@
+"""FID (and Inception Score) of a trained generator, of two image sets, or reference statistics.
+
+    python -m dcgan_dist.evaluate RUN_DIR_OR_CHECKPOINT [--num 10000] [--batch 64] [--data SHARDS]
+    python -m dcgan_dist.evaluate --real DIR_OR_SHARDS_OR_NPZ --fake DIR_OR_SHARDS [--num N]
+    python -m dcgan_dist.evaluate --precompute SHARDS [--num N]
+    accelerate launch --config_file launch/cpu.yaml -m dcgan_dist.evaluate ...   # the same, collectively
+
+A run directory means its newest complete checkpoint. The generator is rebuilt from the config
+stored in the checkpoint's meta.json and compared with its training data (`data.shards` of that
+config, or --data); reference statistics are cached (see --cache-dir). Numbers match
+torch-fidelity / StyleGAN's preprocessing (--preprocess pytorch-fid: pytorch-fid's); see
+dcgan_dist/metrics/inception.py. Results are printed and, with --out, written as JSON with keys
+`fid` and, when the weights have logits, `is` ({mean, std}).
+
+Inception weights: --inception PATH, else the checkpoint config's eval.inception, else
+$DCGAN_DIST_INCEPTION, else pytorch-fid's file downloaded once into the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from . import checkpoint, runtime, tracking
+from .checkpoint import CheckpointError
+from .config import Config, ConfigError
+from .metrics import evaluation
+from .metrics.evaluation import RefStats
+from .metrics.inception import PREPROCESS_MODES, InceptionWeightsError, load_extractor
+from .metrics.sources import SourceError, open_source
+from .models import Generator
+
+log = logging.getLogger("dcgan_dist")
+USER_ERRORS = (InceptionWeightsError, SourceError, CheckpointError, ConfigError, ValueError)
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m dcgan_dist.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", nargs="?", help="run directory or checkpoint directory to evaluate")
+    p.add_argument("--real", help="two-set mode: reference images (folder, shards) or statistics (.npz)")
+    p.add_argument("--fake", help="two-set mode: images to score (folder or shards)")
+    p.add_argument("--precompute", metavar="SHARDS",
+                   help="write the reference statistics of a shard set into the cache")
+    p.add_argument("--data", help="reference shards for a checkpoint (default: data.shards of its config)")
+    p.add_argument("--num", type=int, help="generated samples (default 10000); in --real/--fake and --precompute mode "
+                   "the images used from each set (default all)")
+    p.add_argument("--ref-num", type=int, help="reference images for a checkpoint (default: all of the data set)")
+    p.add_argument("--batch", type=int, default=64, help="images per Inception batch on each process (default 64)")
+    p.add_argument("--seed", type=int, help="latent seed for generated samples (default: the run's seed)")
+    p.add_argument("--inception", metavar="PATH", help="FID Inception weights (pytorch-fid .pth or TorchScript)")
+    p.add_argument("--preprocess", choices=PREPROCESS_MODES, default="tf1",
+                   help="tf1: torch-fidelity / StyleGAN numbers (default); pytorch-fid: pytorch-fid's numbers")
+    p.add_argument("--is", dest="require_is", action="store_true",
+                   help="require the Inception Score (an error if the weights have no logits)")
+    p.add_argument("--cache-dir", help="reference statistics cache (default $DCGAN_DIST_CACHE/fid)")
+    p.add_argument("--out", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    modes = [bool(args.target), bool(args.real or args.fake), bool(args.precompute)]
+    if sum(modes) != 1 or bool(args.real) != bool(args.fake):
+        p.error("give exactly one of: a run/checkpoint directory, --real A --fake B, or --precompute SHARDS")
+    if args.batch < 1 or (args.num is not None and args.num < 1) or (args.ref_num is not None and args.ref_num < 1):
+        p.error("--batch, --num and --ref-num must be >= 1")
+    return args
+
+
+def make_accelerator() -> Accelerator:
+    """CPU when no GPU is visible; refuses a launch whose processes did not form one group."""
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    accelerator = Accelerator(cpu=on_cpu)
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != expected:
+        raise RuntimeError(f"accelerate formed {accelerator.num_processes} process(es) but WORLD_SIZE={expected}: "
+                           "on CPU use `accelerate launch --config_file launch/cpu.yaml`, not --cpu/--multi_gpu flags")
+    return accelerator
+
+
+def find_checkpoint(target: str) -> Path:
+    """The checkpoint directory itself, or the newest complete checkpoint of a run directory."""
+    path = Path(target)
+    if (path / checkpoint.META).is_file():
+        return path
+    found = checkpoint.complete_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"{target}: neither a checkpoint (no {checkpoint.META}) nor a run directory with "
+                              f"complete checkpoints under {path / checkpoint.CKPT_DIR}")
+    return found[-1]
+
+
+def config_from_meta(ckpt: Path, meta: dict) -> Config:
+    """The training config stored in meta.json ("config"), checked against today's schema."""
+    if "config" not in meta:
+        raise CheckpointError(f"{ckpt / checkpoint.META} holds no 'config': it was not written by dcgan_dist.train")
+    stored = {k: v for k, v in meta["config"].items() if k in {f.name for f in Config.__dataclass_fields__.values()}}
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), stored))  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise CheckpointError(f"the config in {ckpt / checkpoint.META} does not fit this version's schema: "
+                              f"{str(e).splitlines()[0]}") from None
+
+
+def load_generator(ckpt: Path, cfg: Config, device: torch.device) -> tuple[Generator, Path]:
+    """G rebuilt from the config and loaded from `generator.safetensors` (G alone, written under DDP and
+    DeepSpeed alike), or from `model.safetensors` (the first prepared model) in older checkpoints."""
+    from safetensors.torch import load_file
+
+    weights = next((ckpt / n for n in (getattr(checkpoint, "GENERATOR", "generator.safetensors"), "model.safetensors")
+                    if (ckpt / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{ckpt} has neither generator.safetensors nor model.safetensors (the generator's "
+                              "weights); it is not a dcgan_dist.train checkpoint or it was damaged")
+    m = cfg.model
+    G = Generator(m.resolution, m.channels, m.z_dim, m.g_width, m.max_channels)
+    try:
+        G.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights} does not fit the generator of its config's model section: "
+                              f"{str(e).splitlines()[0]}") from None
+    return G.to(device).eval(), weights
+
+
+def run_checkpoint(args, accelerator, ctx: dict) -> dict:
+    ckpt = find_checkpoint(args.target)
+    meta = checkpoint.read_meta(ckpt)
+    cfg = config_from_meta(ckpt, meta)
+    inception = args.inception or (meta["config"].get("eval") or {}).get("inception")
+    origin = "--inception" if args.inception else "eval.inception (checkpoint config)"
+    extractor = _extractor(args, accelerator, inception, origin, ctx)
+    G, weights = load_generator(ckpt, cfg, accelerator.device)
+    data = args.data or cfg.data.shards
+    try:
+        source = open_source(data, cfg.model.resolution, cfg.model.channels)
+    except SourceError as e:
+        raise SourceError(f"{e}\n(the reference data of {ckpt}; point --data at the training shards)") from None
+    ref = evaluation.reference_stats(accelerator, source, num=args.ref_num, extractor=extractor,
+                                     cache_dir=args.cache_dir, batch=args.batch, progress=not args.no_progress)
+    seed = cfg.seed if args.seed is None else args.seed
+    result = evaluation.evaluate_generator(
+        accelerator, G, num=args.num or 10_000, batch=args.batch, z_dim=cfg.model.z_dim, seed=seed,
+        extractor=extractor, ref_stats=ref, inception_score=True if args.require_is else None,
+        progress=not args.no_progress)
+    ctx.update(mode="checkpoint", checkpoint=str(ckpt), generator=weights.name, kimg=meta.get("kimg"), data=data,
+               ref_num=ref.count, ref_cache=str(ref.path) if ref.path else None, seed=seed)
+    return result
+
+
+def _set_stats(args, accelerator, spec: str, extractor, with_is: bool):
+    src = open_source(spec)
+    return evaluation.image_stats(accelerator, src, num=args.num, batch=args.batch, extractor=extractor,
+                                  with_is=with_is, progress=not args.no_progress)
+
+
+def run_two_sets(args, accelerator, ctx: dict) -> dict:
+    extractor = _extractor(args, accelerator, args.inception, "--inception", ctx)
+    if args.real.endswith(".npz"):  # precomputed statistics, ours or pytorch-fid's (read by every rank: one outcome)
+        ref = evaluation.load_stats(args.real)
+    else:
+        real = _set_stats(args, accelerator, args.real, extractor, with_is=False)
+        if real.n < 2:  # every rank sees the reduced count: they all stop here together
+            raise ValueError(f"--real {args.real}: FID needs at least 2 images, got {real.n}")
+        ref = RefStats(count=real.n, key={})
+        if accelerator.is_main_process:
+            ref.mu, ref.sigma = real.mean_cov()
+    want_is = evaluation.resolve_inception_score(extractor, True if args.require_is else None)
+    fake = _set_stats(args, accelerator, args.fake, extractor, with_is=want_is)
+    result = evaluation.summarize(accelerator, fake, ref, want_is)
+    ctx.update(mode="two-sets", real=args.real, fake=args.fake, ref_num=ref.count)
+    return result
+
+
+def run_precompute(args, accelerator, ctx: dict) -> dict:
+    extractor = _extractor(args, accelerator, args.inception, "--inception", ctx)
+    ref = evaluation.reference_stats(accelerator, args.precompute, num=args.num, extractor=extractor,
+                                     cache_dir=args.cache_dir, batch=args.batch, progress=not args.no_progress)
+    ctx.update(mode="precompute", data=args.precompute, ref_cache=str(ref.path) if ref.path else None)
+    if ref.path is None:
+        raise SourceError(f"{args.precompute} has no dataset.json content hash, so its statistics cannot be cached; "
+                          "write the shards with `python -m dcgan_dist.prepare`, or use --real/--fake directly")
+    return {"num": ref.count}
+
+
+def _extractor(args, accelerator, path, origin, ctx):
+    extractor = load_extractor(path, origin=origin, device=accelerator.device, preprocess=args.preprocess)
+    if args.require_is:  # fail before any image is read, not after the reference statistics
+        evaluation.resolve_inception_score(extractor, True)
+    ctx["inception"] = {"path": str(extractor.path), "sha256": extractor.sha256, "format": extractor.format,
+                        "preprocess": extractor.mode, "logits": extractor.has_logits}
+    log.info("%s", extractor)
+    return extractor
+
+
+def report(result: dict, ctx: dict) -> dict:
+    """The JSON document: `fid`, `is` (when computed) and what they were computed from."""
+    doc = {"fid": result.get("fid")}
+    if result.get("is_mean") is not None:
+        doc["is"] = {"mean": result["is_mean"], "std": result["is_std"]}
+    doc.update({k: v for k, v in result.items() if k not in ("fid", "is_mean", "is_std")}, **ctx)
+    return doc
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    accelerator = make_accelerator()
+    tracking.setup_logging(None, accelerator.is_main_process, accelerator.process_index)
+    logging.getLogger("dcgan_dist.metrics").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    ctx: dict = {"world_size": accelerator.num_processes}
+    try:
+        if args.target:
+            result = run_checkpoint(args, accelerator, ctx)
+        elif args.real:
+            result = run_two_sets(args, accelerator, ctx)
+        else:
+            result = run_precompute(args, accelerator, ctx)
+    except USER_ERRORS as e:
+        log.error("%s", e)
+        return 2
+    doc = report(result, ctx)
+    if accelerator.is_main_process:
+        parts = [f"FID {doc['fid']:.4f}" if doc.get("fid") is not None else None,
+                 f"IS {doc['is']['mean']:.4f} ± {doc['is']['std']:.4f}" if "is" in doc else None,
+                 f"reference statistics in {doc['ref_cache']}" if doc.get("mode") == "precompute" else None]
+        where = f"{doc.get('num')} images, {accelerator.num_processes} process(es)"
+        print(" | ".join(p for p in parts if p) + f"  ({where})")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    runtime.shutdown(accelerator)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

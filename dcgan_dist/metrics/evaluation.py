@@ -1,0 +1,323 @@
+"""Collective evaluation: FID / IS of a generator, statistics of image sets, cached reference statistics.
+
+Every function taking an `accelerator` is collective: all ranks call it with the same arguments.
+Each rank generates or reads its contiguous share of the samples, accumulates float64 statistics,
+and the ranks add them up in one all-reduce. Rank zero alone then computes the Frechet distance
+(one 2048 x 2048 eigendecomposition, ~3 s on CPU) and broadcasts the numbers, so every rank
+returns the same result. `accelerator=None` means one process.
+
+Generated samples are a pure function of (seed, sample index): sample i's latent comes from its
+own seeded generator, so the N samples (and the FID) are the same on any world size and batch size,
+ranks never share a sample, and exactly N are made even when N does not divide by the ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm import tqdm
+
+from .fid import FeatureStats, fid_from_stats, inception_score
+from .inception import InceptionExtractor, publish, to_uint8, weights_cache_dir
+from .inception_net import FEATURE_DIM, NUM_CLASSES
+from .sources import ImageSource, count_images, describe, iter_range, open_source, rank_range
+
+log = logging.getLogger("dcgan_dist.metrics")
+
+LATENT_STREAM = 0x46494400  # "FID\0": keeps evaluation latents apart from every training seed stream
+REF_FORMAT = "dcgan-dist-fid-ref/1"
+
+
+def _world(accelerator) -> tuple[int, int, torch.device]:
+    if accelerator is None:
+        return 0, 1, torch.device("cpu")
+    return accelerator.process_index, accelerator.num_processes, accelerator.device
+
+
+def _distributed(accelerator) -> bool:
+    """Whether to communicate: only with an accelerator of several processes (accelerator=None is
+    a purely local computation, even inside a distributed job)."""
+    return (accelerator is not None and accelerator.num_processes > 1 and dist.is_available()
+            and dist.is_initialized())
+
+
+def _broadcast_floats(accelerator, values: list[Optional[float]]) -> list[Optional[float]]:
+    """Rank zero's numbers on every rank (None travels as NaN). A few bytes; NCCL needs a device tensor."""
+    device = accelerator.device if accelerator is not None else "cpu"
+    t = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64, device=device)
+    if _distributed(accelerator):
+        dist.broadcast(t, src=0)
+    return [None if math.isnan(v) else v for v in t.tolist()]
+
+
+def _broadcast_flag(accelerator, flag: bool) -> bool:
+    return bool(_broadcast_floats(accelerator, [1.0 if flag else 0.0])[0])
+
+
+def latents(seed: int, start: int, stop: int, z_dim: int) -> Tensor:
+    """Latents of samples start..stop-1: sample i's from its own generator seeded by (seed, i)."""
+    zs = []
+    for i in range(start, stop):
+        s = int(np.random.SeedSequence([LATENT_STREAM, seed, i]).generate_state(1, np.uint64)[0])
+        zs.append(torch.randn(z_dim, generator=torch.Generator().manual_seed(s)))
+    return torch.stack(zs) if zs else torch.zeros(0, z_dim)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# ---- statistics of generated and of stored images ------------------------------------------------
+
+@contextlib.contextmanager
+def rank0_buffers(accelerator, model: torch.nn.Module):
+    """Collective: lend every rank rank zero's buffers (BatchNorm running statistics) for the duration,
+    then give each its own back. Buffers drift apart across ranks during DDP training (they are not
+    broadcast) and checkpoints hold rank zero's, so this makes the samples those of the checkpoint.
+    One broadcast of the packed buffers (a few KB for DCGAN)."""
+    buffers = list(model.buffers())
+    if not _distributed(accelerator) or not buffers:
+        yield
+        return
+    saved = [b.detach().clone() for b in buffers]
+    flat = torch.cat([b.detach().reshape(-1).to(torch.float64) for b in buffers])  # int64 counters fit exactly
+    dist.broadcast(flat, src=0)
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+    try:
+        yield
+    finally:
+        for b, s in zip(buffers, saved, strict=True):
+            b.copy_(s)
+
+
+@torch.no_grad()
+def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_dim: int, seed: int,
+                    extractor: InceptionExtractor, with_is: bool = False, progress: bool = True) -> FeatureStats:
+    """Collective: statistics of `num` samples of G, reduced over all ranks. `batch` is per rank.
+
+    G runs as the checkpoint would: in eval mode (BatchNorm uses running statistics, as the sample
+    grids do), with rank zero's buffers on every rank, in full precision (accelerate's autocast
+    wrapper is bypassed), so the number equals `python -m dcgan_dist.evaluate` on that checkpoint.
+    """
+    rank, world, device = _world(accelerator)
+    model = accelerator.unwrap_model(G) if accelerator is not None else G
+    forward = getattr(model, "_original_forward", None) or model.forward  # accelerate keeps the fp32 one here
+    param = next(model.parameters())  # latents go in G's device and dtype (bf16 under DeepSpeed mixed precision)
+    g_device, g_dtype = param.device, param.dtype
+    stats = FeatureStats(FEATURE_DIM, num_classes=NUM_CLASSES if with_is else None, total=num, device=device)
+    start, stop = rank_range(num, rank, world)
+    was_training = model.training
+    model.eval()
+    try:
+        desc = f"FID: generate + Inception (rank 0 of {world})"
+        with rank0_buffers(accelerator, model), _progress(stop - start, desc, progress and rank == 0) as bar:
+            for lo in range(start, stop, batch):
+                hi = min(lo + batch, stop)
+                fake = forward(latents(seed, lo, hi, z_dim).to(g_device, g_dtype))
+                feats, logits = extractor(to_uint8(fake))
+                stats.add(feats, logits, first_index=lo)
+                bar.update(hi - lo)
+    finally:
+        model.train(was_training)
+    return stats.all_reduce() if _distributed(accelerator) else stats
+
+
+def image_stats(accelerator, source: Union[str, ImageSource], *, num: Optional[int] = None, batch: int = 64,
+                extractor: InceptionExtractor, with_is: bool = False, progress: bool = True) -> FeatureStats:
+    """Collective: statistics of the first `num` images (all when None) of an image set, each rank
+    reading its own contiguous range, reduced over all ranks."""
+    rank, world, device = _world(accelerator)
+    src = open_source(source) if isinstance(source, str) else source
+    available = count_images(src, quiet=rank != 0)
+    total = available if num is None else min(num, available)
+    if num is not None and num > available and rank == 0:
+        log.warning("%s holds %d images, fewer than the %d asked for: using all of them", src.spec, available, num)
+    stats = FeatureStats(FEATURE_DIM, num_classes=NUM_CLASSES if with_is else None, total=max(total, 1), device=device)
+    start, stop = rank_range(total, rank, world)
+    pending, first = [], start
+    with _progress(stop - start, f"FID: {Path(src.spec).name} (rank 0 of {world})", progress and rank == 0) as bar:
+        for i, image in enumerate(iter_range(src, start, stop), start):
+            pending.append(torch.from_numpy(image))
+            if len(pending) == batch or i == stop - 1:
+                feats, logits = extractor(pending)
+                stats.add(feats, logits, first_index=first)
+                bar.update(len(pending))
+                pending, first = [], i + 1
+    return stats.all_reduce() if _distributed(accelerator) else stats
+
+
+def summarize(accelerator, stats: FeatureStats, ref: Optional["RefStats"], want_is: bool) -> dict:
+    """Collective: rank zero computes FID (against `ref`) and IS; every rank returns the same dict."""
+    rank = _world(accelerator)[0]
+    fid = is_mean = is_std = None
+    error = None
+    if rank == 0:
+        try:
+            if ref is not None:
+                fid = fid_from_stats(stats, ref.mu, ref.sigma)
+            if want_is:
+                is_mean, is_std = inception_score(stats)
+        except ValueError as e:  # e.g. too few samples: every rank must raise, none may wait for rank zero
+            error = e
+    fid, is_mean, is_std, failed = _broadcast_floats(accelerator, [fid, is_mean, is_std, 1.0 if error else None])
+    if failed:
+        raise error if error is not None else ValueError("FID/IS failed on rank 0 (its log says why)")
+    return {"fid": fid, "is_mean": is_mean, "is_std": is_std, "num": stats.n}
+
+
+def resolve_inception_score(extractor: InceptionExtractor, inception_score: Optional[bool]) -> bool:
+    """Whether to compute IS: None = when the weights have logits, True = required (error without), False = no."""
+    if inception_score and not extractor.has_logits:
+        raise ValueError(f"Inception Score asked for, but {extractor.path} has no classifier (1008 logits): it is a "
+                         "feature-only FID Inception. Use pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
+    return extractor.has_logits if inception_score is None else bool(inception_score)
+
+
+def evaluate_generator(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_dim: int, seed: int,
+                       extractor: InceptionExtractor, ref_stats: Optional["RefStats"],
+                       inception_score: Optional[bool] = None, progress: bool = True) -> dict:
+    """Collective: FID of `num` samples of G against `ref_stats` (None: no FID) and IS.
+
+    `inception_score`: None computes IS when the weights have logits, True requires it (error
+    otherwise), False skips it. Returns {fid, is_mean, is_std, num, seconds} on every rank (None
+    for what was not computed). G's train/eval mode is restored afterwards.
+    """
+    t0 = time.time()
+    want_is = resolve_inception_score(extractor, inception_score)
+    stats = generator_stats(accelerator, G, num=num, batch=batch, z_dim=z_dim, seed=seed, extractor=extractor,
+                            with_is=want_is, progress=progress)
+    result = summarize(accelerator, stats, ref_stats, want_is)
+    result["seconds"] = time.time() - t0
+    return result
+
+
+# ---- reference statistics, cached on disk --------------------------------------------------------
+
+@dataclass
+class RefStats:
+    """Mean and covariance of a reference image set. `mu`/`sigma` are held by rank zero only (the
+    rank that computes FID); the other ranks keep the key and count."""
+
+    count: int
+    key: dict
+    mu: Optional[Tensor] = None
+    sigma: Optional[Tensor] = None
+    path: Optional[Path] = None
+    cached: bool = field(default=False)
+
+
+def default_cache_dir() -> Path:
+    return weights_cache_dir().parent / "fid"
+
+
+def reference_key(source: ImageSource, num: int, extractor: InceptionExtractor) -> Optional[dict]:
+    """Everything the statistics depend on; None when the set has no content hash (not cacheable)."""
+    if source.content_sha256 is None:
+        return None
+    idx = source.index
+    return {"format": REF_FORMAT, "content_sha256": source.content_sha256, "resolution": idx.resolution,
+            "channels": idx.channels, "extractor": extractor.identity, "num": num}
+
+
+def cache_path(cache_dir: Path, key: dict, name: str) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{name}-{key['resolution']}px-n{key['num']}-{digest}.npz"
+
+
+def save_stats(path: Path, mu: Tensor, sigma: Tensor, count: int, key: Optional[dict]) -> Path:
+    """Write mean/covariance (pytorch-fid's `mu`/`sigma` npz keys) atomically: temp file + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=mu.numpy(), sigma=sigma.numpy(), count=np.int64(count), key=json.dumps(key or {}))
+        publish(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_stats(path: Union[str, Path], key: Optional[dict] = None) -> Optional[RefStats]:
+    """Statistics from an npz with `mu` and `sigma` (ours or pytorch-fid's). With `key`, None unless
+    the stored key matches (a stale or foreign file is recomputed, never trusted)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = json.loads(str(z["key"])) if "key" in z.files else {}
+            if key is not None and stored != key:
+                return None
+            mu, sigma = torch.from_numpy(z["mu"].astype(np.float64)), torch.from_numpy(z["sigma"].astype(np.float64))
+            count = int(z["count"]) if "count" in z.files else -1
+    except (OSError, ValueError, KeyError) as e:
+        if key is not None:
+            log.warning("ignoring unreadable reference statistics %s (%s); recomputing", path, e)
+            return None
+        raise ValueError(f"{path}: not a statistics file with 'mu' and 'sigma' arrays ({e})") from None
+    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+        raise ValueError(f"{path}: expected mu (2048,) and sigma (2048, 2048), "
+                         f"got {tuple(mu.shape)} {tuple(sigma.shape)}")
+    return RefStats(count=count, key=stored, mu=mu, sigma=sigma, path=Path(path), cached=True)
+
+
+def reference_stats(accelerator, source: Union[str, ImageSource], *, num: Optional[int] = None,
+                    extractor: InceptionExtractor, cache_dir: Optional[Union[str, Path]] = None, batch: int = 64,
+                    progress: bool = True) -> RefStats:
+    """Collective: the reference statistics of the first `num` images (all when None) of a shard set.
+
+    Cached in `cache_dir` (default $DCGAN_DIST_CACHE/fid) under a key of the data set's content hash
+    (dataset.json), resolution, extractor identity (weights sha256, preprocessing) and sample count.
+    Rank zero decides hit or miss and tells the others, so ranks on nodes without a shared file
+    system still agree; on a miss all ranks compute and rank zero writes the file atomically.
+    """
+    rank = _world(accelerator)[0]
+    src = open_source(source) if isinstance(source, str) else source
+    available = count_images(src, quiet=rank != 0)
+    n = available if num is None else min(num, available)
+    if n < 2:  # decided on every rank alike, before any collective
+        raise ValueError(f"{src.spec}: reference statistics need at least 2 images, got {n}")
+    key = reference_key(src, n, extractor)
+    path = cache_path(Path(cache_dir or default_cache_dir()), key, src.index.name) if key else None
+    hit = None
+    if rank == 0 and path is not None and path.is_file():
+        try:
+            hit = load_stats(path, key)
+        except ValueError as e:  # wrong shapes under the right key: recompute (rank zero must not fail alone)
+            log.warning("ignoring %s (%s); recomputing", path, e)
+    if _broadcast_flag(accelerator, hit is not None):
+        if hit is not None:
+            log.info("FID reference statistics of %s: cached %s", describe(src), path)
+        return hit if hit is not None else RefStats(count=n, key=key or {}, path=path, cached=True)
+    if key is None:
+        log.info("FID reference statistics of %s are not cached: no dataset.json content hash", describe(src))
+    t0 = time.time()
+    stats = image_stats(accelerator, src, num=n, batch=batch, extractor=extractor, progress=progress)
+    ref = RefStats(count=stats.n, key=key or {}, path=path)
+    if rank == 0:
+        ref.mu, ref.sigma = stats.mean_cov()
+        if path is not None:
+            try:
+                save_stats(path, ref.mu, ref.sigma, stats.n, key)
+            except OSError as e:  # a cache is an optimisation: warn, and do not leave rank zero failing alone
+                log.warning("could not write the FID reference cache %s (%s); it will be recomputed next time",
+                            path, e)
+                ref.path = None
+        log.info("FID reference statistics of %d images of %s in %.1f s%s", stats.n, describe(src),
+                 time.time() - t0, f" -> {path}" if path else "")
+    return ref

@@ -1,0 +1,154 @@
+"""Image sets to measure: webdataset shard sets (what `prepare` writes, or any tar of images) and
+folders of image files, in one fixed global order, of which each rank reads one contiguous range.
+
+Order: shards sorted by URL (as `data.locate.resolve` returns them), samples in tar order; files
+sorted by path. Every rank gets the same global index for the same image whatever the world size,
+so the statistics of 1 and of N processes cover exactly the same images.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from ..data import locate
+from ..data.shards import DatasetIndex
+
+log = logging.getLogger("dcgan_dist.metrics")
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+_SAMPLE_KEYS = tuple(e[1:] for e in IMAGE_EXTS)
+
+
+class SourceError(ValueError):
+    """An image set that cannot be read, with the path and the fix in the message."""
+
+
+@dataclass
+class ImageSource:
+    """An ordered image set: `kind` 'shards' (urls are tar shards) or 'files' (urls are image files)."""
+
+    spec: str
+    kind: str
+    urls: list[str]
+    counts: Optional[list[int]]  # images per shard when dataset.json covers every shard
+    index: Optional[DatasetIndex]
+    counted: Optional[int] = None  # set by count_images() after reading shards without an index
+
+    @classmethod
+    def from_shard_set(cls, spec: str, shards: "locate.ShardSet") -> "ImageSource":
+        """The shards the trainer already resolved (`data.locate.resolve`), as an image set."""
+        return cls(spec, "shards", list(shards.urls), shards.counts, shards.index)
+
+    @property
+    def count(self) -> Optional[int]:
+        """Number of images, when known without reading the data (again)."""
+        if self.kind == "files":
+            return len(self.urls)
+        return sum(self.counts) if self.counts is not None else self.counted
+
+    @property
+    def content_sha256(self) -> Optional[str]:
+        """The content hash of dataset.json (None without one): what reference caches are keyed by."""
+        return self.index.content_sha256 if self.index is not None and self.counts is not None else None
+
+
+def open_source(spec: str, resolution: int = 32, channels: int = 1) -> ImageSource:
+    """A shard set (directory of .tar, glob, brace pattern, URL, single .tar, `embedded:digits`) or a
+    folder of image files (searched recursively). `resolution`/`channels` only choose which
+    embedded data set to write; other sources are read as they are."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and not any(path.glob("*.tar")):
+        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        if not files:
+            raise SourceError(f"{spec}: a folder with neither .tar shards nor image files ({', '.join(IMAGE_EXTS)})")
+        return ImageSource(spec, "files", files, None, None)
+    try:
+        shards = locate.resolve(str(path) if path.exists() else spec, resolution, channels)
+    except locate.DataError as e:
+        raise SourceError(str(e)) from None
+    return ImageSource(spec, "shards", shards.urls, shards.counts, shards.index)
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    try:
+        img = Image.open(io.BytesIO(data))
+        img = img.convert("L" if img.mode in ("L", "I;16", "I", "1") else "RGB")
+    except Exception as e:
+        raise SourceError(f"cannot decode image {where}: {e}. Remove it or re-create the data set.") from None
+    arr = np.asarray(img)
+    return np.array(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), order="C")  # writable, contiguous
+
+
+def _raise(exn: Exception) -> bool:
+    raise SourceError(f"cannot read shard: {exn}") from exn
+
+
+def _shard_images(urls: list[str], skip: int) -> Iterator[np.ndarray]:
+    """Images of the shards in order, the first `skip` of them passed over without decoding."""
+    for sample in wds.tarfile_samples([{"url": u} for u in urls], handler=_raise):
+        key = next((k for k in _SAMPLE_KEYS if k in sample), None)
+        if key is None:
+            continue  # members without an image (e.g. a stray .json) are not samples
+        if skip > 0:
+            skip -= 1
+            continue
+        yield _decode(sample[key], f"{sample.get('__url__')}:{sample.get('__key__')}.{key}")
+
+
+def count_images(source: ImageSource, quiet: bool = False) -> int:
+    """Images in the set; reads the shards when there is no dataset.json that counts them."""
+    if source.count is not None:
+        return source.count
+    if not quiet:
+        log.warning("%s has no dataset.json: counting its images by reading every shard (write shards with "
+                    "`python -m dcgan_dist.prepare` to skip this)", source.spec)
+    source.counted = sum(1 for s in wds.tarfile_samples([{"url": u} for u in source.urls], handler=_raise)
+                         if any(k in s for k in _SAMPLE_KEYS))
+    return source.counted
+
+
+def iter_range(source: ImageSource, start: int, stop: int) -> Iterator[np.ndarray]:
+    """uint8 C x H x W arrays of the images with global index start..stop-1, in order. Shards before
+    the range are not opened when their counts are known."""
+    if stop <= start:
+        return
+    if source.kind == "files":
+        for path in source.urls[start:stop]:
+            with open(path, "rb") as f:
+                yield _decode(f.read(), path)
+        return
+    urls, skip = list(source.urls), start
+    if source.counts is not None:
+        first = 0
+        while first < len(urls) and skip >= source.counts[first]:
+            skip -= source.counts[first]
+            first += 1
+        urls = urls[first:]
+    produced = 0
+    for image in _shard_images(urls, skip):
+        yield image
+        produced += 1
+        if produced == stop - start:
+            return
+    raise SourceError(f"{source.spec}: expected images up to index {stop - 1} but the shards ended after "
+                      f"{start + produced}; dataset.json does not match the shards (re-create them with prepare)")
+
+
+def rank_range(total: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous share [start, stop) of `total` items that `rank` handles; sizes differ by <= 1."""
+    return total * rank // world_size, total * (rank + 1) // world_size
+
+
+def describe(source: ImageSource) -> str:
+    what = f"{len(source.urls)} shard(s)" if source.kind == "shards" else f"{len(source.urls)} image file(s)"
+    where = os.path.commonpath(source.urls) if source.urls and "://" not in source.urls[0] else source.spec
+    return f"{where} ({what})"

@@ -1,0 +1,521 @@
+"""FID / IS: the math against independent references, the preprocessing against the reference rules,
+the project's Inception against the TorchScript FID Inception on real images, the weights lookup,
+the reference-statistics cache, and 2 processes through the real launcher against 1.
+
+Tests that need ../shared (real Inception weights, real images) skip when it is absent. None
+downloads anything. Run as a script (`accelerate launch ... tests/test_metrics.py OUT`), this file
+is also the worker of the 2-process test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from dcgan_dist.metrics import evaluation, inception
+from dcgan_dist.metrics.evaluation import RefStats, image_stats, latents, reference_stats
+from dcgan_dist.metrics.fid import FeatureStats, fid_from_stats, frechet_distance, inception_score
+from dcgan_dist.metrics.inception import (InceptionWeightsError, detect_format, load_extractor, resize_tf1,
+                                          resolve_weights, to_network_input, to_uint8)
+from dcgan_dist.metrics.inception_net import FIDInceptionV3, from_torchscript_state
+from dcgan_dist.metrics.sources import iter_range, open_source, rank_range
+
+from conftest import CPU_LAUNCH, REPO, SHARED, env
+
+TS_WEIGHTS = SHARED / "data" / "fid_inception" / "default_1.pt"
+FACES = SHARED / "data" / "faces" / "fairface_val_1-3000.tar"
+APPLES = SHARED / "data" / "fruits360" / "apple.tar"
+needs_shared = pytest.mark.skipif(not TS_WEIGHTS.is_file() or not FACES.is_file(),
+                                  reason=f"needs the real Inception weights and images in {SHARED / 'data'} (absent)")
+
+
+class Float64Extractor:
+    """A deterministic stand-in for Inception (fixed random projections, float64): per-sample results
+    do not depend on batch composition or thread count, so statistics can be compared to 1e-12.
+    Used where the test is about reduction, caching or splitting, never about FID values."""
+
+    has_logits = True
+    identity = "float64-test-extractor/v1"
+    path = Path("float64-test-extractor")
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(1234)
+        self.proj = torch.randn(3 * 8 * 8, 2048, generator=g, dtype=torch.float64) / 8
+        self.head = torch.randn(2048, 1008, generator=g, dtype=torch.float64) / 16
+        self.seen = 0
+
+    def __call__(self, images):
+        x = torch.stack(list(images)) if not isinstance(images, torch.Tensor) else images
+        x = x.double().expand(-1, 3, -1, -1) / 255
+        feats = torch.tanh(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1) @ self.proj)
+        self.seen += x.shape[0]
+        return feats, feats @ self.head
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-300)
+
+
+def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """The textbook formula with scipy's sqrtm, as pytorch-fid computes it."""
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    diff = a.mean(0) - b.mean(0)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean).real)
+
+
+# ---- Frechet distance and the statistics ---------------------------------------------------------
+
+def test_feature_stats_equal_numpy_mean_and_cov_whatever_the_batching():
+    x = np.random.default_rng(0).standard_normal((300, 64)) * 3 + 1
+    stats = FeatureStats(64)
+    for lo, hi in ((0, 7), (7, 150), (150, 300)):  # uneven batches, as the last batch of a rank is
+        stats.add(torch.from_numpy(x[lo:hi]))
+    mu, cov = stats.mean_cov()
+    assert stats.n == 300
+    np.testing.assert_allclose(mu.numpy(), x.mean(0), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(cov.numpy(), np.cov(x, rowvar=False), rtol=0, atol=1e-12)
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    x = np.random.default_rng(1).standard_normal((500, 64))
+    stats = FeatureStats(64)
+    stats.add(torch.from_numpy(x))
+    mu, cov = stats.mean_cov()
+    assert abs(frechet_distance(mu, cov, mu, cov)) < 1e-9 * float(torch.trace(cov))
+
+
+@pytest.mark.parametrize("n_a,n_b,shift", [(400, 300, 0.3), (50, 40, 0.0), (2000, 2000, 1.0)])
+def test_fid_equals_scipy_sqrtm_reference_64d(n_a, n_b, shift):
+    # Includes a rank-deficient case (fewer samples than dimensions), where sqrtm is fragile.
+    rng = np.random.default_rng(n_a)
+    a = rng.standard_normal((n_a, 64)) @ rng.standard_normal((64, 64))
+    b = rng.standard_normal((n_b, 64)) * 1.5 + shift
+    sa, sb = FeatureStats(64), FeatureStats(64)
+    sa.add(torch.from_numpy(a))
+    sb.add(torch.from_numpy(b))
+    mine = frechet_distance(*sa.mean_cov(), *sb.mean_cov())
+    assert rel(mine, scipy_fid(a, b)) <= 1e-6
+
+
+def test_fid_2048d_equals_the_symmetric_eigh_route():
+    # sqrtm at 2048 takes ~34 s here; tr sqrt(S1 S2) = tr sqrt(S1^1/2 S2 S1^1/2) (eigh) is an
+    # independent route to the same number.
+    rng = np.random.default_rng(2)
+    a = torch.from_numpy(np.abs(rng.standard_normal((2500, 2048))))
+    b = torch.from_numpy(np.abs(rng.standard_normal((2600, 2048))) * 1.1 + 0.05)
+    sa, sb = FeatureStats(), FeatureStats()
+    sa.add(a)
+    sb.add(b)
+    (mu1, s1), (mu2, s2) = sa.mean_cov(), sb.mean_cov()
+    w, v = torch.linalg.eigh(s1)
+    root = (v * w.clamp(min=0).sqrt()) @ v.T
+    inner = torch.linalg.eigvalsh(root @ s2 @ root).clamp(min=0).sqrt().sum()
+    expected = float((mu1 - mu2) @ (mu1 - mu2) + s1.trace() + s2.trace() - 2 * inner)
+    assert rel(frechet_distance(mu1, s1, mu2, s2), expected) <= 1e-6
+
+
+def test_fid_below_2048_samples_warns(caplog):
+    stats = FeatureStats(8)
+    stats.add(torch.randn(100, 8))
+    with caplog.at_level(logging.WARNING, logger="dcgan_dist.metrics"):
+        fid_from_stats(stats, *stats.mean_cov())
+    assert "100 samples (< 2048)" in caplog.text
+
+
+def test_one_flat_buffer_round_trips_every_statistic():
+    a = FeatureStats(16, num_classes=5, total=30)
+    a.add(torch.randn(30, 16), torch.randn(30, 5))
+    b = FeatureStats(16, num_classes=5, total=30)
+    b.load_flat(a.flat())
+    assert torch.equal(a.flat(), b.flat()) and a.flat().dtype == torch.float64
+    # The buffer's size is fixed by the dimensions, not by the number of samples.
+    assert a.flat().numel() == 1 + 16 + 16 * 16 + 10 * (5 + 2)
+
+
+# ---- Inception Score ----------------------------------------------------------------------------
+
+def test_inception_score_balanced_soft_classifier_equals_closed_form():
+    # Sample x is of class x % C with p(own class) = q, the rest spread evenly. Every split holds
+    # every class equally often, so p(y) is uniform and IS = exp(q log(qC) + (1-q) log((1-q)C/(C-1))).
+    C, q, n = 20, 0.7, 400
+    p = torch.full((n, C), (1 - q) / (C - 1), dtype=torch.float64)
+    p[torch.arange(n), torch.arange(n) % C] = q
+    stats = FeatureStats(4, num_classes=C, total=n)
+    for lo in range(0, n, 64):
+        stats.add(torch.zeros(min(64, n - lo), 4), p[lo:lo + 64].log(), first_index=lo)
+    mean, std = inception_score(stats)
+    expected = np.exp(q * np.log(q * C) + (1 - q) * np.log((1 - q) * C / (C - 1)))
+    assert mean == pytest.approx(expected, rel=1e-12) and std == pytest.approx(0, abs=1e-9)
+
+
+def test_inception_score_per_split_confident_classifier_equals_class_entropy():
+    # A one-hot classifier has H(y|x) = 0, so each split's score is exp(H(p(y))) of its label
+    # histogram. Split s (samples 10s..10s+9) cycles through s + 1 labels: split 0 scores exactly
+    # 1, split 9 exactly 10. Zero probabilities (logit -1e4) must not turn into NaN.
+    n, C = 100, 1008
+    labels = torch.tensor([(i % 10) % (i // 10 + 1) for i in range(n)])
+    logits = torch.full((n, C), -1e4, dtype=torch.float64)
+    logits[torch.arange(n), labels] = 0.0
+    stats = FeatureStats(4, num_classes=C, total=n)
+    for lo in range(0, n, 16):  # batches that straddle the split boundaries
+        stats.add(torch.zeros(min(16, n - lo), 4), logits[lo:lo + 16], first_index=lo)
+    expected = []
+    for s in range(10):
+        p_y = np.bincount(labels[10 * s:10 * s + 10].numpy()) / 10
+        p_y = p_y[p_y > 0]
+        expected.append(np.exp(-(p_y * np.log(p_y)).sum()))
+    assert expected[0] == pytest.approx(1.0) and expected[9] == pytest.approx(10.0)
+    mean, std = inception_score(stats)
+    assert mean == pytest.approx(np.mean(expected), rel=1e-12)
+    assert std == pytest.approx(np.std(expected), rel=1e-9)
+
+
+def test_inception_score_needs_a_sample_in_every_split():
+    stats = FeatureStats(4, num_classes=8, total=5)
+    stats.add(torch.zeros(5, 4), torch.randn(5, 8))
+    with pytest.raises(ValueError, match="at least 10 samples"):
+        inception_score(stats)
+
+
+def test_inception_score_without_logits_is_a_clear_error():
+    stats = FeatureStats(4)
+    stats.add(torch.randn(20, 4))
+    with pytest.raises(ValueError, match="no classifier.*pt_inception-2015-12-05-6726825d.pth"):
+        inception_score(stats)
+
+
+# ---- preprocessing ------------------------------------------------------------------------------
+
+def test_to_uint8_inverts_the_loaders_mapping_exactly():
+    u = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_uint8(u.float() / 127.5 - 1), u)  # StyleGAN's rule is round-half-up
+    assert to_uint8(torch.tensor([-1.7, 1.7, 0.0])).tolist() == [0, 255, 128]
+
+
+def _tf1_reference(img: np.ndarray, out: int) -> np.ndarray:
+    """TensorFlow 1.x ResizeBilinear (align_corners=False) written out from its kernel."""
+    h, w = img.shape
+    sy, sx = np.float32(h) / np.float32(out), np.float32(w) / np.float32(out)
+    res = np.zeros((out, out))
+    for y in range(out):
+        iy = np.float32(y) * sy
+        y0 = int(np.floor(iy))
+        y1, dy = min(y0 + 1, h - 1), iy - y0
+        for x in range(out):
+            ix = np.float32(x) * sx
+            x0 = int(np.floor(ix))
+            x1, dx = min(x0 + 1, w - 1), ix - x0
+            top = img[y0, x0] + (img[y0, x1] - img[y0, x0]) * dx
+            bottom = img[y1, x0] + (img[y1, x1] - img[y1, x0]) * dx
+            res[y, x] = top + (bottom - top) * dy
+    return res
+
+
+def test_resize_is_tensorflow1_bilinear_not_half_pixel():
+    img = np.random.default_rng(3).integers(0, 256, (13, 21)).astype(np.float64)
+    mine = resize_tf1(torch.from_numpy(img).float()[None, None], 61)[0, 0].double().numpy()
+    np.testing.assert_allclose(mine, _tf1_reference(img, 61), atol=2e-3)
+    # pytorch-fid's half-pixel resize is a different function: the modes must not coincide.
+    half = torch.nn.functional.interpolate(torch.from_numpy(img).float()[None, None], size=(61, 61),
+                                           mode="bilinear", align_corners=False)[0, 0].double().numpy()
+    assert np.abs(half - mine).max() > 1.0
+
+
+def test_network_input_repeats_gray_and_scales_like_the_references():
+    gray = torch.randint(0, 256, (2, 1, 299, 299), dtype=torch.uint8)
+    x = to_network_input(gray)
+    assert x.shape == (2, 3, 299, 299)
+    assert torch.equal(x[:, 0], x[:, 2]) and torch.equal(x[:, 0], (gray[:, 0].float() - 128) / 128)
+    y = to_network_input(gray, mode="pytorch-fid")
+    assert torch.allclose(y[:, 1], gray[:, 0].float() / 255 * 2 - 1, atol=1e-6)
+    # A list of differently sized images is one batch.
+    assert to_network_input([gray[0, :, :40, :50], gray[1, :, :70, :30]]).shape == (2, 3, 299, 299)
+    with pytest.raises(TypeError, match="to_uint8"):
+        to_network_input(torch.zeros(1, 3, 8, 8))
+
+
+def test_full_precision_switches_tf32_off_on_gpus_and_restores_it():
+    flags = inception._precision_flags()
+    before = [getattr(obj, attr) for obj, attr, _ in flags]
+    with inception.full_fp32(torch.device("cuda")):  # only flips global flags: runs without a GPU
+        assert [getattr(obj, attr) for obj, attr, _ in flags] == [value for _, _, value in flags]
+    assert [getattr(obj, attr) for obj, attr, _ in flags] == before
+    with inception.full_fp32(torch.device("cpu")):
+        assert [getattr(obj, attr) for obj, attr, _ in flags] == before
+
+
+# ---- weights: where they come from, which formats -----------------------------------------------
+
+def test_weights_lookup_order_and_the_error_that_says_how(tmp_path, monkeypatch):
+    explicit, from_env = tmp_path / "a.pth", tmp_path / "b.pth"
+    explicit.write_bytes(b"x")
+    from_env.write_bytes(b"y")
+    monkeypatch.setenv("DCGAN_DIST_INCEPTION", str(from_env))
+    assert resolve_weights(explicit) == explicit  # the flag / config key wins over the environment
+    assert resolve_weights(None) == from_env
+    monkeypatch.delenv("DCGAN_DIST_INCEPTION")
+    monkeypatch.setenv("DCGAN_DIST_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(InceptionWeightsError) as e:
+        resolve_weights(None, download=False)
+    for way in ("--inception PATH", "eval.inception", "DCGAN_DIST_INCEPTION"):
+        assert way in str(e.value)
+    with pytest.raises(InceptionWeightsError, match="eval.inception=/no/such.pth: no such file"):
+        resolve_weights("/no/such.pth", origin="eval.inception")
+
+
+def test_download_is_sha256_checked_and_atomic(tmp_path, monkeypatch):
+    # A file:// URL exercises the real download code without a network.
+    monkeypatch.setenv("DCGAN_DIST_CACHE", str(tmp_path / "cache"))
+    payload = tmp_path / "weights.pth"
+    payload.write_bytes(os.urandom(3000))
+    good = hashlib.sha256(payload.read_bytes()).hexdigest()
+    with pytest.raises(InceptionWeightsError, match="sha256"):
+        resolve_weights(None, url=payload.as_uri(), sha256="0" * 64)
+    assert not any((tmp_path / "cache" / "inception").iterdir())  # no partial file left behind
+    got = resolve_weights(None, url=payload.as_uri(), sha256=good)
+    assert got.read_bytes() == payload.read_bytes() and got.parent == tmp_path / "cache" / "inception"
+    payload.unlink()  # cached now: found again without fetching
+    assert resolve_weights(None, url=payload.as_uri(), sha256=good) == got
+
+
+def test_format_detection(tmp_path):
+    legacy, modern, junk = tmp_path / "legacy.pth", tmp_path / "modern.pth", tmp_path / "junk.bin"
+    torch.save({"a": torch.zeros(1)}, legacy, _use_new_zipfile_serialization=False)
+    torch.save({"a": torch.zeros(1)}, modern)
+    junk.write_bytes(b"not weights at all")
+    assert detect_format(legacy) == "state_dict" and detect_format(modern) == "state_dict"
+    with pytest.raises(InceptionWeightsError, match="neither a TorchScript archive"):
+        detect_format(junk)
+    with pytest.raises(InceptionWeightsError, match="does not hold the FID Inception"):
+        load_extractor(modern)
+
+
+# ---- the real network ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_images():
+    """6 FairFace crops (224x224) and 2 Fruits-360 apples (100x100): two sizes through the resize."""
+    faces = list(iter_range(open_source(str(FACES)), 0, 6))
+    apples = list(iter_range(open_source(str(APPLES)), 0, 2)) if APPLES.is_file() else []
+    return [torch.from_numpy(a) for a in faces + apples]
+
+
+@pytest.fixture(scope="module")
+def torchscript_features(real_images):
+    ts = inception.load_torchscript(TS_WEIGHTS)
+    with torch.inference_mode():
+        return ts(to_network_input(real_images)), ts.state_dict()
+
+
+@needs_shared
+def test_own_inception_equals_the_torchscript_module_on_real_images(real_images, torchscript_features):
+    expected, ts_state = torchscript_features
+    net = FIDInceptionV3(with_fc=False)
+    net.load_state_dict(from_torchscript_state(ts_state), strict=True)
+    with torch.inference_mode():
+        plain, logits = net.eval()(to_network_input(real_images))
+    assert logits is None and plain.shape == (len(real_images), 2048)
+    assert (plain - expected).abs().max() <= 1e-4
+    # The extractor as used (BN folded into the convs, channels-last) gives the same features.
+    extractor = load_extractor(TS_WEIGHTS)
+    assert extractor.format == "torchscript" and not extractor.has_logits
+    feats, _ = extractor(real_images)
+    assert (feats - expected).abs().max() <= 1e-4
+    assert expected.abs().max() > 1.0  # not a vacuous comparison of near-zero features
+
+
+@needs_shared
+def test_pytorch_fid_state_dict_format_gives_the_same_features_and_logits(tmp_path, real_images,
+                                                                          torchscript_features):
+    # pytorch-fid's file: a legacy-format torch.save of the pytorch-fid layout with a 1008-way fc.
+    # Built here from the TorchScript tensors, so the only thing that differs is the format path.
+    expected, ts_state = torchscript_features
+    net = FIDInceptionV3(with_fc=True)
+    state = from_torchscript_state(ts_state)
+    state["fc.weight"] = torch.randn(1008, 2048, generator=torch.Generator().manual_seed(0)) * 0.05
+    state["fc.bias"] = torch.full((1008,), 3.0)
+    net.load_state_dict(state)
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), path, _use_new_zipfile_serialization=False)
+    assert len(net.state_dict()) == 566  # as many entries as pytorch-fid's file
+    extractor = load_extractor(path)
+    assert extractor.format == "state_dict" and extractor.has_logits
+    feats, logits = extractor(real_images)
+    assert (feats - expected).abs().max() <= 1e-4
+    # IS logits leave the fc bias out (original IS code, StyleGAN no_output_bias, torch-fidelity).
+    torch.testing.assert_close(logits, expected @ state["fc.weight"].T, atol=1e-3, rtol=1e-4)
+
+
+@needs_shared
+def test_real_fid_halves_small_noise_large(capsys):
+    # Two disjoint sets of 64 FairFace crops (one distribution), and 64 uniform-noise images. 64 is
+    # far below 2048 (FID biased upwards) but keeps this under a minute on 2 CPU cores.
+    n, batch = 64, 32
+    extractor = load_extractor(TS_WEIGHTS)
+    src = open_source(str(FACES))
+    t0 = time.time()
+    half_a = image_stats(None, src, num=n, batch=batch, extractor=extractor, progress=False)
+    half_b = FeatureStats()
+    images = [torch.from_numpy(a) for a in iter_range(src, n, 2 * n)]
+    for lo in range(0, n, batch):
+        half_b.add(extractor(images[lo:lo + batch])[0])
+    noise = FeatureStats()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(n // batch):
+        noise.add(extractor(torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, generator=gen))[0])
+    mu_a, cov_a = half_a.mean_cov()
+    fid_halves = fid_from_stats(half_b, mu_a, cov_a)
+    fid_noise = fid_from_stats(noise, mu_a, cov_a)
+    with capsys.disabled():
+        print(f"\n[real FID, TorchScript weights, {n} vs {n} images] FairFace set A vs disjoint set B: "
+              f"{fid_halves:.2f}; set A vs uniform noise: {fid_noise:.2f} "
+              f"({3 * n / (time.time() - t0):.1f} img/s incl. decoding)")
+    assert 0 < fid_halves < 0.4 * fid_noise
+    assert fid_noise > 200
+
+
+# ---- sharding of the work -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("total,world", [(37, 2), (10_000, 3), (5, 8)])
+def test_rank_ranges_cover_every_sample_once(total, world):
+    ranges = [rank_range(total, r, world) for r in range(world)]
+    covered = [i for lo, hi in ranges for i in range(lo, hi)]
+    assert covered == list(range(total))
+    assert max(hi - lo for lo, hi in ranges) - min(hi - lo for lo, hi in ranges) <= 1
+
+
+def test_latents_are_a_function_of_seed_and_index_only():
+    whole = latents(7, 0, 10, 16)
+    assert torch.equal(whole, torch.cat([latents(7, 0, 3, 16), latents(7, 3, 10, 16)]))
+    assert not torch.equal(whole, latents(8, 0, 10, 16))
+    # Not the fixed sample-grid noise of the same seed (torch.Generator().manual_seed(seed)).
+    assert not torch.equal(whole[0], torch.randn(1, 16, generator=torch.Generator().manual_seed(7))[0])
+
+
+# ---- the reference-statistics cache -------------------------------------------------------------
+
+def test_reference_stats_cached_by_content_and_count(tmp_path, caplog):
+    extractor = Float64Extractor()
+    src = open_source("embedded:digits", 32, 1)
+    first = reference_stats(None, src, num=50, extractor=extractor, cache_dir=tmp_path, progress=False)
+    assert not first.cached and first.path.is_file() and extractor.seen == 50
+    assert first.key["content_sha256"] == src.index.content_sha256 and first.key["num"] == 50
+    again = reference_stats(None, src, num=50, extractor=extractor, cache_dir=tmp_path, progress=False)
+    assert again.cached and extractor.seen == 50  # read from disk, nothing recomputed
+    assert torch.equal(again.mu, first.mu) and torch.equal(again.sigma, first.sigma)
+    other = reference_stats(None, src, num=60, extractor=extractor, cache_dir=tmp_path, progress=False)
+    assert not other.cached and other.path != first.path  # the sample count is part of the key
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files
+    first.path.write_bytes(b"truncated")  # a corrupt cache entry is recomputed, not trusted
+    with caplog.at_level(logging.WARNING, logger="dcgan_dist.metrics"):
+        fixed = reference_stats(None, src, num=50, extractor=extractor, cache_dir=tmp_path, progress=False)
+    assert not fixed.cached and torch.allclose(fixed.mu, first.mu, rtol=0, atol=1e-12)
+
+
+def test_stats_files_are_pytorch_fid_compatible(tmp_path):
+    mu, sigma = torch.rand(2048, dtype=torch.float64), torch.eye(2048, dtype=torch.float64)
+    np.savez(tmp_path / "theirs.npz", mu=mu.numpy(), sigma=sigma.numpy())  # pytorch-fid --save-stats
+    loaded = evaluation.load_stats(tmp_path / "theirs.npz")
+    assert isinstance(loaded, RefStats) and torch.equal(loaded.mu, mu) and torch.equal(loaded.sigma, sigma)
+
+
+# ---- 2 processes through the real launcher ------------------------------------------------------
+
+def _worker(out: str) -> None:
+    """Run by `accelerate launch` (2 ranks) and by plain python (1 rank): the same statistics."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    from dcgan_dist.models import Generator
+
+    # bf16: the prepared G's forward is wrapped in autocast, which the evaluation must bypass.
+    acc = Accelerator(cpu=True, mixed_precision="bf16")
+    assert acc.num_processes == int(os.environ.get("WORLD_SIZE", "1")), "the launcher did not form one group"
+    torch.manual_seed(0)
+    G = Generator(32, 1, 16, 8)
+    for m in G.modules():  # weights large enough that the images span 0..255: at Radford's init
+        if isinstance(m, torch.nn.ConvTranspose2d):  # scale they are ~128 everywhere and quantisation
+            torch.nn.init.normal_(m.weight, 0.0, 0.3)  # would hide every difference tested below
+    G_plain = Generator(32, 1, 16, 8)
+    G_plain.load_state_dict(G.state_dict())
+    G_plain.main[1].running_mean += 0.5  # rank zero's BatchNorm statistics after some training
+    G.main[1].running_mean += 0.5
+    G = acc.prepare(G)  # DDP on 2 ranks (it broadcasts rank zero's buffers once, here)
+    bn = acc.unwrap_model(G).main[1]
+    if acc.process_index == 1:
+        bn.running_mean += 1.0  # this rank's statistics drifted: DDP does not broadcast buffers in training
+    own = bn.running_mean.clone()
+    extractor = Float64Extractor()
+    gen = evaluation.generator_stats(acc, G, num=37, batch=8, z_dim=16, seed=3, extractor=extractor,
+                                     with_is=True, progress=False)
+    restored = torch.equal(bn.running_mean, own)
+    seen_gen = extractor.seen
+    plain = evaluation.generator_stats(None, G_plain, num=37, batch=8, z_dim=16, seed=3, extractor=Float64Extractor(),
+                                       with_is=True, progress=False) if acc.is_main_process else None
+    src = open_source("embedded:digits", 32, 1)
+    real = image_stats(acc, src, num=101, batch=16, extractor=extractor, with_is=True, progress=False)
+    seen_real = extractor.seen - seen_gen
+    cache = Path(out) / f"cache_w{acc.num_processes}"  # each world size computes its own, then hits it
+    ref = reference_stats(acc, src, num=90, extractor=extractor, cache_dir=cache, progress=False)
+    ref_again = reference_stats(acc, src, num=90, extractor=extractor, cache_dir=cache, progress=False)
+    result = evaluation.evaluate_generator(acc, G, num=37, batch=8, z_dim=16, seed=3, extractor=extractor,
+                                           ref_stats=ref_again, progress=False)
+    per_rank = gather_object([{"seen_gen": seen_gen, "seen_real": seen_real, "cached": [ref.cached, ref_again.cached],
+                               "result": result, "restored": restored}])
+    if acc.is_main_process:
+        torch.save({"world": acc.num_processes, "gen": gen.flat(), "real": real.flat(), "per_rank": per_rank,
+                    "ref_mu": ref.mu, "plain": plain.flat()}, Path(out) / f"stats_w{acc.num_processes}.pt")
+    acc.wait_for_everyone()
+
+
+@pytest.mark.slow
+def test_two_processes_compute_the_statistics_of_one(tmp_path):
+    from dcgan_dist.data.locate import embedded_shards
+
+    embedded_shards("digits", 32, 1)  # written once here, not raced by the ranks
+    script = str(Path(__file__).resolve())
+    runs = {
+        1: [sys.executable, script, str(tmp_path)],
+        2: [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
+            script, str(tmp_path)],
+    }
+    for world, cmd in runs.items():
+        proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"world size {world} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    one, two = (torch.load(tmp_path / f"stats_w{w}.pt", weights_only=False) for w in (1, 2))
+    assert one["world"] == 1 and two["world"] == 2
+    # Each rank did its own contiguous share; exactly N in total although 37 and 101 are odd.
+    assert [r["seen_gen"] for r in two["per_rank"]] == [18, 19]
+    assert [r["seen_real"] for r in two["per_rank"]] == [50, 51]
+    for key in ("gen", "real"):
+        a, b = one[key], two[key]
+        assert a.dtype == torch.float64 and a[0] == (37 if key == "gen" else 101)
+        assert (a - b).abs().max() <= 1e-12 * a.abs().max()
+    # G was evaluated as a plain fp32 module with rank zero's BatchNorm statistics, on every rank,
+    # and each rank got its own statistics back afterwards.
+    for run in (one, two):
+        assert (run["gen"] - run["plain"]).abs().max() <= 1e-12 * run["plain"].abs().max()
+    assert all(r["restored"] for r in two["per_rank"])
+    # Rank zero decided the cache hit for both ranks; every rank returned the same numbers.
+    assert [r["cached"] for r in two["per_rank"]] == [[False, True], [False, True]]
+    r1, r2 = (r["result"] for r in two["per_rank"])
+    assert [p.name for p in (tmp_path / "cache_w1").iterdir()] == [p.name for p in (tmp_path / "cache_w2").iterdir()]
+    assert torch.allclose(one["ref_mu"], two["ref_mu"], rtol=0, atol=1e-12)
+    assert r1["fid"] == r2["fid"] and r1["is_mean"] == r2["is_mean"]
+    assert rel(r1["fid"], one["per_rank"][0]["result"]["fid"]) <= 1e-9
+    assert rel(r1["is_mean"], one["per_rank"][0]["result"]["is_mean"]) <= 1e-12
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])
