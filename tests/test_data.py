@@ -8,6 +8,7 @@ Every test makes its own tiny data set in tmp_path (random 8x8 uint8 images), so
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from dcgan_dist.data import locate, stream
+from dcgan_dist.data import locate, stream, tario
 from dcgan_dist.data import shards as shards_module
 from dcgan_dist.data.digits import iter_digits
 from dcgan_dist.data.locate import DataError, ShardSet
@@ -248,13 +249,13 @@ def test_raw_samples_skips_whole_epochs_without_reading_them(tmp_path, monkeypat
     _, _, index, urls = make_shards(tmp_path, n=40, shards=8)
     spec = spec_for(urls, [s.count for s in index.shards], world_size=2, workers=2)
     opened = []
-    real = stream.wds.tarfile_samples
+    real = tario.wds.gopen
 
-    def recording(src, **kw):
-        opened.extend(u["url"] for u in src)
-        return real(src, **kw)
+    def recording(url, *args, **kw):
+        opened.append(url)
+        return real(url, *args, **kw)
 
-    monkeypatch.setattr(stream.wds, "tarfile_samples", recording)
+    monkeypatch.setattr(tario.wds, "gopen", recording)
     it = stream.raw_samples(spec, 1, skip=20)  # slot 1 reads 10 samples per epoch: skip epochs 0 and 1
     next(it)
     assert opened == [urls[i] for i in stream.epoch_shards(spec, 2, 1)]
@@ -609,3 +610,41 @@ def test_prepare_cli_help_and_bad_args(tmp_path):
     too_small = run("digits", "--out", str(tmp_path / "x"), "--resolution", "4")
     assert too_small.returncode == 2 and "resolution" in too_small.stderr
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# tario: the fast tar reader yields exactly what webdataset's reader yields
+# --------------------------------------------------------------------------------------------
+
+def _tar_with(path, members: dict, fmt=tarfile.PAX_FORMAT, mode="w"):
+    with tarfile.open(path, mode, format=fmt) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5  # a float mtime forces pax records in PAX_FORMAT
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("fmt, mode", [(tarfile.PAX_FORMAT, "w"), (tarfile.GNU_FORMAT, "w"),
+                                       (tarfile.USTAR_FORMAT, "w:gz")])
+def test_tar_samples_equal_webdataset(tmp_path, fmt, mode):
+    long_dir = "d" * 120  # longer than the 100-byte ustar name field: GNU long names / pax path / prefix
+    members = {}
+    for i in range(5):
+        members[f"{long_dir if fmt != tarfile.USTAR_FORMAT else 'x'}/{i:03d}.PNG"] = bytes([i]) * (700 + i)
+        members[f"{long_dir if fmt != tarfile.USTAR_FORMAT else 'x'}/{i:03d}.cls"] = str(i).encode()
+    members["__skipped__/x.json"] = b"{}"  # webdataset skips __name__/ members
+    path = tmp_path / "s.tar"
+    _tar_with(path, members, fmt, mode)
+    for url in (str(path), f"pipe:cat {path}"):
+        ours = list(tario.tar_samples([url]))
+        theirs = [{k: v for k, v in s.items() if not k.startswith("__local")}
+                  for s in wds.tarfile_samples([{"url": url}])]
+        assert ours == theirs and sum("cls" in s for s in ours) == 5
+
+
+def test_tar_samples_truncated_shard_is_a_clear_error(tmp_path):
+    path = tmp_path / "s.tar"
+    _tar_with(path, {f"{i}.png": b"x" * 2000 for i in range(3)})
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(tario.ShardReadError, match="cannot read shard.*prepare"):
+        list(tario.tar_samples([str(path)]))

@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from PIL import Image
 
 from dcgan_dist import prepare
@@ -45,7 +46,7 @@ def read_back(tmp_path) -> list[tuple[np.ndarray, int]]:
     shards = locate.resolve(str(tmp_path / "out"), RES, 3)
     out = []
     for url in shards.urls:
-        for sample in stream.wds.tarfile_samples([{"url": url}]):
+        for sample in wds.tarfile_samples([{"url": url}]):
             out.append((stream.decode(sample, RES, shards.index.channels), int(sample["cls"])))
     return out
 
@@ -123,7 +124,7 @@ def test_idx_source_and_gray_default(tmp_path):
     assert index["classes"] == [str(d) for d in range(10)] and sum(index["class_counts"]) == 12
     shards = locate.resolve(str(tmp_path / "out"), RES, 1)
     values = sorted(int(stream.decode(s, RES, 1)[0, 0, 0]) for u in shards.urls
-                    for s in stream.wds.tarfile_samples([{"url": u}]))
+                    for s in wds.tarfile_samples([{"url": u}]))
     assert values == [10 * i for i in range(12)]
 
 

@@ -123,7 +123,7 @@ class ShardSink:
         self._shard += 1
         self._left = self.sizes[self._shard]
         shard_name = f"{self.name}-{len(self.shards):06d}.tar"
-        self._writer = wds.TarWriter(str(self.out / shard_name), encoder=False, mtime=0.0)
+        self._writer = wds.TarWriter(str(self.out / shard_name), encoder=False, mtime=0)  # int: a float adds a pax header per member
         self.shards.append(ShardInfo(shard_name, 0))
 
     def _close_shard(self) -> None:

@@ -3,7 +3,7 @@
 What the stream is after each stage (per logical worker, see below):
 
     shard list      the epoch's seeded permutation of all shards, this slot's share (slot = rank * W + worker)
-    raw samples     {__key__, png, cls} dicts read from those tars (webdataset's tar expander)
+    raw samples     {__key__, png, cls} dicts read from those tars (`tar_samples`, webdataset's layout)
     shuffled        a seeded shuffle buffer, flushed at every epoch's end
     batches         `batch` raw samples, then decoded to uint8 C x H x W, with flips and labels
 
@@ -29,9 +29,15 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .tario import tar_samples
+
+try:  # libspng: the same pixels as PIL for 8-bit PNGs at half the CPU time (StyleGAN2-ADA's loader uses it too)
+    import pyspng
+except ImportError:  # optional: PIL decodes everything, only slower
+    pyspng = None
 
 
 @dataclass(frozen=True)
@@ -76,11 +82,6 @@ def _shuffled(samples: Iterator[dict], size: int, rng: random.Random) -> Iterato
     yield from buf
 
 
-def _read_shard_error(exn: Exception) -> bool:
-    raise RuntimeError(f"cannot read shard: {exn}. Re-create it with `python -m dcgan_dist.prepare` "
-                       "or remove it from data.shards.") from exn
-
-
 def raw_samples(spec: StreamSpec, slot: int, skip: int = 0) -> Iterator[dict]:
     """The endless raw sample stream of one slot, with its first `skip` samples dropped unread
     where the per-shard counts allow, read-and-dropped otherwise. Each sample carries its flip bit."""
@@ -96,8 +97,8 @@ def raw_samples(spec: StreamSpec, slot: int, skip: int = 0) -> Iterator[dict]:
             epoch += 1
     while True:
         rng = random.Random(f"{spec.seed}/{epoch}/{slot}")
-        urls = [{"url": spec.urls[i]} for i in epoch_shards(spec, epoch, slot)]
-        stream = wds.tarfile_samples(urls, handler=_read_shard_error)
+        urls = [spec.urls[i] for i in epoch_shards(spec, epoch, slot)]
+        stream = tar_samples(urls)
         seen = 0
         for sample in _shuffled(stream, spec.shuffle_buffer, rng):
             seen += 1
@@ -108,7 +109,7 @@ def raw_samples(spec: StreamSpec, slot: int, skip: int = 0) -> Iterator[dict]:
                 continue
             yield sample
         if seen == 0:  # would otherwise spin forever over empty shards
-            raise RuntimeError(f"the shards of slot {slot} in epoch {epoch} hold no samples: {[u['url'] for u in urls]}")
+            raise RuntimeError(f"the shards of slot {slot} in epoch {epoch} hold no samples: {urls}")
         epoch += 1
 
 
@@ -117,6 +118,19 @@ def decode(sample: dict, resolution: int, channels: int) -> Optional[np.ndarray]
     data = next((sample[k] for k in ("png", "jpg", "jpeg", "webp") if k in sample), None)
     if data is None:
         return None
+    # Fast path: an 8-bit PNG already in the wanted mode (gray or RGB) and size, which is what
+    # `prepare` writes. libspng then gives exactly PIL's pixels, no conversion involved.
+    # Anything else, or a PNG libspng refuses, goes through PIL as before.
+    if (pyspng is not None and len(data) > 33 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+            and data[24] == 8 and data[25] == (0 if channels == 1 else 2)
+            and int.from_bytes(data[16:20], "big") == resolution == int.from_bytes(data[20:24], "big")):
+        try:
+            arr = pyspng.load(data, "L" if channels == 1 else "RGB")
+        except Exception:
+            arr = None
+        if arr is not None:
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            return np.ascontiguousarray(arr[:, :, ::-1] if sample.get("__flip__") else arr)
     try:
         img = Image.open(io.BytesIO(data))
         img = img.convert("L" if channels == 1 else "RGB")
@@ -205,7 +219,7 @@ def preview(urls: list[str] | tuple[str, ...], n: int, resolution: int, channels
     """The first `n` images of the first shards as floats in [-1, 1] (the `reals.png` grid); reads
     its own copy of the data, so the training stream is untouched."""
     images = []
-    for sample in wds.tarfile_samples([{"url": u} for u in urls], handler=_read_shard_error):
+    for sample in tar_samples(list(urls)):
         arr = decode(sample, resolution, channels)
         if arr is not None:
             images.append(torch.from_numpy(arr))
