@@ -19,11 +19,11 @@ def iter_digits(resolution: int, channels: int = 1) -> Iterator[tuple[np.ndarray
     The originals hold 17 gray levels (0..16); they are stretched to 0..255 and upsampled with
     bicubic interpolation, which gives smooth strokes instead of 8x8 blocks.
     """
-    from sklearn.datasets import load_digits  # imported late: only this source needs scikit-learn
+    from .sources import DigitsSource  # the prepare tool's reader of the same data
 
-    digits = load_digits()
-    for img16, label in zip(digits.images, digits.target):
-        img = Image.fromarray(np.round(img16 * (255.0 / 16.0)).astype(np.uint8), mode="L")
+    source = DigitsSource()
+    for ref, label in source.list():
+        img = Image.fromarray(source.read(ref), mode="L")
         img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
         if channels == 3:
             img = img.convert("RGB")

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
 from ..data import locate
+from ..data.tario import ShardReadError, tar_samples
 from ..data.shards import DatasetIndex
 
 log = logging.getLogger("dcgan_dist.metrics")
@@ -88,13 +88,17 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     return np.array(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), order="C")  # writable, contiguous
 
 
-def _raise(exn: Exception) -> bool:
-    raise SourceError(f"cannot read shard: {exn}") from exn
+def _samples(urls: list[str]) -> Iterator[dict]:
+    """The shards' samples through the training stream's tar reader, its errors as SourceError."""
+    try:
+        yield from tar_samples(list(urls))
+    except ShardReadError as e:
+        raise SourceError(str(e)) from e
 
 
 def _shard_images(urls: list[str], skip: int) -> Iterator[np.ndarray]:
     """Images of the shards in order, the first `skip` of them passed over without decoding."""
-    for sample in wds.tarfile_samples([{"url": u} for u in urls], handler=_raise):
+    for sample in _samples(urls):
         key = next((k for k in _SAMPLE_KEYS if k in sample), None)
         if key is None:
             continue  # members without an image (e.g. a stray .json) are not samples
@@ -111,7 +115,7 @@ def count_images(source: ImageSource, quiet: bool = False) -> int:
     if not quiet:
         log.warning("%s has no dataset.json: counting its images by reading every shard (write shards with "
                     "`python -m dcgan_dist.prepare` to skip this)", source.spec)
-    source.counted = sum(1 for s in wds.tarfile_samples([{"url": u} for u in source.urls], handler=_raise)
+    source.counted = sum(1 for s in _samples(source.urls)
                          if any(k in s for k in _SAMPLE_KEYS))
     return source.counted
 
