@@ -51,20 +51,34 @@ class ModelCfg:
     d_width: int = opt(64, "discriminator width: channels of D's first layer (ndf)")
     max_channels: int = opt(1024, "cap on any layer's channel count")
     d_dropout: float = opt(0.0, "dropout after each LeakyReLU in D (0 = off)")
+    d_norm: str = opt("batch", "normalisation in D's hidden layers: batch | layer | none (wgan-gp needs layer or none)")
+    d_spectral: bool = opt(False, "spectral normalisation of every D weight (Miyato et al., 2018)")
+    num_classes: int = opt(0, "0 = unconditional; N = conditional DCGAN on the data's N class labels "
+                              "(one-hot into G, projection in D)")
 
 
 @dataclass
 class LossCfg:
-    kind: str = opt("nonsaturating", "GAN loss: nonsaturating (BCE with logits)")
-    real_label: float = opt(1.0, "target for real images; < 1 is one-sided label smoothing (e.g. 0.9)")
+    kind: str = opt("nonsaturating", "GAN loss: nonsaturating (BCE with logits) | hinge | lsgan | wgan-gp")
+    real_label: float = opt(1.0, "target for real images; < 1 is one-sided label smoothing (e.g. 0.9); "
+                                 "nonsaturating and lsgan only")
+    label_flip: float = opt(0.0, "probability of swapping a sample's real/fake target in the D step (label noise); "
+                                 "nonsaturating and lsgan only")
+    gp_weight: float = opt(10.0, "wgan-gp: weight of the gradient penalty (Gulrajani et al., 2017)")
 
 
 @dataclass
 class OptimCfg:
     g_lr: float = opt(2e-4, "generator Adam learning rate")
-    d_lr: float = opt(2e-4, "discriminator Adam learning rate")
-    beta1: float = opt(0.5, "Adam beta1 (Radford: 0.5)")
-    beta2: float = opt(0.999, "Adam beta2")
+    d_lr: float = opt(2e-4, "discriminator Adam learning rate (TTUR: often larger than g_lr)")
+    g_beta1: float = opt(0.5, "generator Adam beta1 (Radford: 0.5)")
+    g_beta2: float = opt(0.999, "generator Adam beta2")
+    d_beta1: float = opt(0.5, "discriminator Adam beta1")
+    d_beta2: float = opt(0.999, "discriminator Adam beta2")
+    schedule: str = opt("constant", "learning-rate schedule on the image counter: constant | exp | cosine")
+    decay_start_kimg: float = opt(0.0, "exp/cosine: the learning rates stay constant until this kimg")
+    half_life_kimg: float = opt(100.0, "exp: the learning rates halve every this many kimg after decay_start_kimg")
+    min_lr_ratio: float = opt(0.0, "exp/cosine: floor of the learning rates, as a fraction of g_lr/d_lr")
 
 
 @dataclass
@@ -74,7 +88,27 @@ class TrainCfg:
     mixed_precision: str = opt("auto", "no | bf16 | fp16 | auto (= the accelerate launch config's setting)")
     tick_kimg: float = opt(1.0, "maintenance cadence: stats, logs and the progress line every this many kimg")
     sample_every_kimg: float = opt(5.0, "write a fixed-noise sample grid every this many kimg (rounded to ticks)")
-    sample_grid: int = opt(64, "number of images in the sample grid")
+    sample_grid: int = opt(64, "number of images in the sample grid (conditional: rounded to whole rows per class)")
+    collapse_threshold: float = opt(0.25, "warn of mode collapse when the diversity of generated batches falls below "
+                                          "this fraction of the real batches' (Diversity/ratio); 0 = never warn")
+
+
+@dataclass
+class AugmentCfg:
+    policy: str = opt("", "DiffAugment (Zhao et al., 2020) on every image D sees, real and fake: a comma list of "
+                          "color, translation, cutout; empty = off")
+    translation: float = opt(0.125, "translation: largest shift as a fraction of the image side")
+    cutout: float = opt(0.5, "cutout: side of the erased square as a fraction of the image side")
+
+
+@dataclass
+class EmaCfg:
+    half_life_kimg: float = opt(10.0, "exponential moving average of G's weights, used for samples, FID and "
+                                      "generator.safetensors: its half-life in kimg; 0 = off")
+    rampup: float = opt(0.05, "early in training the half-life is at most this fraction of the images seen "
+                              "(so the average forgets the random start); 0 = no ramp-up")
+    bn_batches: int = opt(8, "before sampling, re-estimate the averaged G's BatchNorm statistics from this many "
+                             "batches of noise (its weights moved, so G's own statistics do not fit); 0 = copy G's")
 
 
 @dataclass
@@ -103,6 +137,8 @@ class Config:
     loss: LossCfg = field(default_factory=LossCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
+    augment: AugmentCfg = field(default_factory=AugmentCfg)
+    ema: EmaCfg = field(default_factory=EmaCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     resume: str = opt("auto", "auto (newest complete checkpoint in run.dir, if any) | a checkpoint path | none")
@@ -191,10 +227,7 @@ def validate(cfg: Config) -> None:
     need(cfg.model.z_dim > 0 and cfg.model.g_width > 0 and cfg.model.d_width > 0,
          "model.z_dim, model.g_width and model.d_width must be > 0")
     need(0.0 <= cfg.model.d_dropout < 1.0, f"model.d_dropout must be in [0, 1) (got {cfg.model.d_dropout})")
-    need(cfg.loss.kind == "nonsaturating", f"loss.kind must be 'nonsaturating' (got {cfg.loss.kind!r})")
-    need(0.0 < cfg.loss.real_label <= 1.0, f"loss.real_label must be in (0, 1] (got {cfg.loss.real_label})")
-    need(cfg.optim.g_lr > 0 and cfg.optim.d_lr > 0, "optim.g_lr and optim.d_lr must be > 0")
-    need(0.0 <= cfg.optim.beta1 < 1.0 and 0.0 <= cfg.optim.beta2 < 1.0, "optim.beta1/beta2 must be in [0, 1)")
+    _validate_training_options(cfg, need)
     need(cfg.data.workers >= 0, f"data.workers must be >= 0 (got {cfg.data.workers})")
     need(cfg.data.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1 (got {cfg.data.shuffle_buffer})")
     need(cfg.data.prefetch >= 1, f"data.prefetch must be >= 1 (got {cfg.data.prefetch})")
@@ -207,6 +240,49 @@ def validate(cfg: Config) -> None:
          f"eval.preprocess must be tf1 or pytorch-fid (got {cfg.eval.preprocess!r})")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
+SCHEDULES = ("constant", "exp", "cosine")
+AUGMENTS = ("color", "translation", "cutout")
+
+
+def _validate_training_options(cfg: Config, need) -> None:
+    """Model, loss, optimizer, augmentation and EMA keys, and the combinations that cannot work."""
+    m, loss, o, a = cfg.model, cfg.loss, cfg.optim, cfg.augment
+    need(m.d_norm in ("batch", "layer", "none"), f"model.d_norm must be batch, layer or none (got {m.d_norm!r})")
+    need(m.num_classes >= 0, f"model.num_classes must be >= 0 (0 = unconditional; got {m.num_classes})")
+    need(loss.kind in LOSSES, f"loss.kind must be one of {', '.join(LOSSES)} (got {loss.kind!r})")
+    need(0.0 < loss.real_label <= 1.0, f"loss.real_label must be in (0, 1] (got {loss.real_label})")
+    need(0.0 <= loss.label_flip < 0.5, f"loss.label_flip must be in [0, 0.5) (got {loss.label_flip})")
+    need(loss.gp_weight >= 0, f"loss.gp_weight must be >= 0 (got {loss.gp_weight})")
+    if loss.kind in ("hinge", "wgan-gp"):
+        need(loss.real_label == 1.0 and loss.label_flip == 0.0,
+             f"loss.real_label and loss.label_flip are targets of the nonsaturating and lsgan losses; loss.kind="
+             f"{loss.kind} has no targets: set loss.real_label=1.0 loss.label_flip=0")
+    if loss.kind == "wgan-gp":
+        need(m.d_norm != "batch", "loss.kind=wgan-gp penalises each sample's gradient, which BatchNorm in D mixes "
+                                  "across the batch: set model.d_norm=layer (or none)")
+        need(cfg.train.mixed_precision != "fp16", "loss.kind=wgan-gp with train.mixed_precision=fp16: the gradient "
+                                                  "penalty's gradient is not loss-scaled; use bf16 or no")
+    need(o.g_lr > 0 and o.d_lr > 0, "optim.g_lr and optim.d_lr must be > 0")
+    for key in ("g_beta1", "g_beta2", "d_beta1", "d_beta2"):
+        need(0.0 <= getattr(o, key) < 1.0, f"optim.{key} must be in [0, 1) (got {getattr(o, key)})")
+    need(o.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)} (got {o.schedule!r})")
+    need(o.half_life_kimg > 0, f"optim.half_life_kimg must be > 0 (got {o.half_life_kimg})")
+    need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1] (got {o.min_lr_ratio})")
+    need(o.decay_start_kimg >= 0, f"optim.decay_start_kimg must be >= 0 (got {o.decay_start_kimg})")
+    unknown = [p for p in augment_policy(a.policy) if p not in AUGMENTS]
+    need(not unknown, f"augment.policy: unknown {unknown}; use a comma list of {', '.join(AUGMENTS)} (or empty)")
+    need(0.0 < a.translation < 1.0 and 0.0 < a.cutout < 1.0, "augment.translation and augment.cutout must be in (0, 1)")
+    need(cfg.ema.half_life_kimg >= 0 and cfg.ema.rampup >= 0 and cfg.ema.bn_batches >= 0,
+         "ema.half_life_kimg, ema.rampup and ema.bn_batches must be >= 0")
+    need(cfg.train.collapse_threshold >= 0, "train.collapse_threshold must be >= 0 (0 = never warn)")
+
+
+def augment_policy(policy: str) -> list[str]:
+    """`"color, translation"` -> `["color", "translation"]`."""
+    return [p.strip() for p in policy.split(",") if p.strip()]
 
 
 def to_yaml(cfg: Config) -> str:

@@ -123,7 +123,7 @@ def load_generator(ckpt: Path, cfg: Config, device: torch.device) -> tuple[Gener
         raise CheckpointError(f"{ckpt} has neither generator.safetensors nor model.safetensors (the generator's "
                               "weights); it is not a dcgan_dist.train checkpoint or it was damaged")
     m = cfg.model
-    G = Generator(m.resolution, m.channels, m.z_dim, m.g_width, m.max_channels)
+    G = Generator(m.resolution, m.channels, m.z_dim, m.g_width, m.max_channels, m.num_classes)
     try:
         G.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as e:

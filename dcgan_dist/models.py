@@ -8,7 +8,13 @@ PyTorch DCGAN example exactly, except that the discriminator returns logits
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+# Normalisation layers D may use after each hidden conv ("layer" is LayerNorm over C x H x W).
+D_NORMS = ("batch", "layer", "none")
 
 # Resolutions reachable as base * 2**n_up, quoted in the error for unsupported ones.
 SUPPORTED_EXAMPLES = (28, 32, 48, 56, 64, 96, 112, 128, 192, 256)
@@ -54,11 +60,13 @@ def init_weights(module: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    """Maps latent vectors to images in [-1, 1].
+    """Maps latent vectors (and, when conditional, class labels) to images in [-1, 1].
 
     A kernel=base transposed conv lifts z to a base x base map, then stride-2
     transposed convs double the size while halving the channels; BN + ReLU
-    everywhere except the Tanh output layer (as in the paper).
+    everywhere except the Tanh output layer (as in the paper). A conditional
+    generator (``num_classes > 0``) reads ``[z, one_hot(label)]``, as in Mirza &
+    Osindero's conditional GAN.
     """
 
     def __init__(
@@ -68,15 +76,16 @@ class Generator(nn.Module):
         z_dim: int = 100,
         width: int = 64,
         max_channels: int = 1024,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         base, n_up = stage_plan(resolution)
-        self.resolution, self.channels, self.z_dim = resolution, channels, z_dim
+        self.resolution, self.channels, self.z_dim, self.num_classes = resolution, channels, z_dim, num_classes
         # Widest first: stage i has width * 2**(n_up-1-i) channels, the last one `width`.
         widths = [min(width * 2 ** (n_up - 1 - i), max_channels) for i in range(n_up)]
 
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, widths[0], base, 1, 0, bias=False),
+            nn.ConvTranspose2d(z_dim + num_classes, widths[0], base, 1, 0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
         ]
@@ -91,23 +100,33 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
 
-    def forward(self, z: Tensor) -> Tensor:
-        """Generate images ``(N, channels, R, R)`` from ``z`` of shape ``(N, z_dim)`` or ``(N, z_dim, 1, 1)``."""
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Generate images ``(N, channels, R, R)`` from ``z`` of shape ``(N, z_dim)`` or ``(N, z_dim, 1, 1)``
+        and, for a conditional generator, integer ``labels`` of shape ``(N,)``."""
         if z.dim() == 2:
             z = z[:, :, None, None]
         if z.dim() != 4 or z.shape[1:] != (self.z_dim, 1, 1):
             raise ValueError(
                 f"expected z of shape (N, {self.z_dim}) or (N, {self.z_dim}, 1, 1), got {tuple(z.shape)}"
             )
+        if self.num_classes:
+            onehot = F.one_hot(_check_labels(labels, z.shape[0], self.num_classes), self.num_classes)
+            z = torch.cat([z, onehot.to(z.dtype)[:, :, None, None]], dim=1)
+        elif labels is not None:
+            raise ValueError("labels given to an unconditional generator (model.num_classes=0)")
         return self.main(z)
 
 
 class Discriminator(nn.Module):
-    """Maps images to one real/fake logit per sample.
+    """Maps images (and, when conditional, class labels) to one real/fake logit per sample.
 
     Mirror of the generator: stride-2 convs halve the size and double the
-    channels (capped at ``max_channels``), LeakyReLU(0.2), BN on all but the
-    input layer, then a kernel=base conv down to a single logit.
+    channels (capped at ``max_channels``), LeakyReLU(0.2), a normalisation on all
+    but the input layer (BN by default), then a kernel=base conv down to a single
+    logit. Options: ``norm`` "layer" or "none" (a WGAN-GP critic must not use
+    BN: its penalty is per sample), ``spectral`` normalisation of every weight
+    (Miyato et al., 2018), and a class-projection term for conditional D
+    (Miyato & Koyama, 2018): ``logit += <embed(y), sum_hw features(x)>``.
     """
 
     def __init__(
@@ -117,12 +136,17 @@ class Discriminator(nn.Module):
         width: int = 64,
         max_channels: int = 1024,
         dropout: float = 0.0,
+        norm: str = "batch",
+        spectral: bool = False,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         base, n_up = stage_plan(resolution)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"discriminator dropout must be in [0, 1), got {dropout!r}")
-        self.resolution, self.channels = resolution, channels
+        if norm not in D_NORMS:
+            raise ValueError(f"discriminator norm must be one of {', '.join(D_NORMS)}, got {norm!r}")
+        self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
         widths = [min(width * 2**i, max_channels) for i in range(n_up)]
 
         def activation() -> list[nn.Module]:
@@ -132,17 +156,49 @@ class Discriminator(nn.Module):
                 act.append(nn.Dropout(dropout))
             return act
 
-        # No BN on the input layer: the paper found it destabilises training.
+        def normalise(c: int) -> list[nn.Module]:
+            if norm == "batch":
+                return [nn.BatchNorm2d(c)]
+            return [nn.GroupNorm(1, c)] if norm == "layer" else []
+
+        # No normalisation on the input layer: the paper found BN there destabilises training.
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), *activation()]
         for c_in, c_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), *activation()]
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), *normalise(c_out), *activation()]
         layers.append(nn.Conv2d(widths[-1], 1, base, 1, 0, bias=False))
         self.main = nn.Sequential(*layers)
+        self.embed = nn.Embedding(num_classes, widths[-1]) if num_classes else None
         self.apply(init_weights)
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
+        if spectral:  # after init: the parametrization keeps the initialised weight as `original`
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Embedding)):
+                    spectral_norm(m)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Return raw logits of shape ``(N,)`` for images ``x`` of shape ``(N, channels, R, R)``."""
-        return self.main(x).reshape(x.shape[0])
+    def features(self, x: Tensor) -> Tensor:
+        """The trunk's output ``(N, C, base, base)``: everything but the last (logit) layer."""
+        return self.main[:-1](x)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Return raw logits of shape ``(N,)`` for images ``x`` of shape ``(N, channels, R, R)``
+        (and integer ``labels`` of shape ``(N,)`` for a conditional discriminator)."""
+        if self.embed is None:
+            if labels is not None:
+                raise ValueError("labels given to an unconditional discriminator (model.num_classes=0)")
+            return self.main(x).reshape(x.shape[0])
+        h = self.features(x)
+        logits = self.main[-1](h).reshape(x.shape[0])
+        projection = (self.embed(_check_labels(labels, x.shape[0], self.num_classes)) * h.sum(dim=(2, 3))).sum(1)
+        return logits + projection
+
+
+def _check_labels(labels: Tensor | None, n: int, num_classes: int) -> Tensor:
+    if labels is None:
+        raise ValueError(f"a conditional model (model.num_classes={num_classes}) needs class labels")
+    if labels.shape != (n,):
+        raise ValueError(f"expected labels of shape ({n},), got {tuple(labels.shape)}")
+    return labels.long()
 
 
 def build_models(
@@ -153,11 +209,21 @@ def build_models(
     d_width: int,
     max_channels: int = 1024,
     d_dropout: float = 0.0,
+    num_classes: int = 0,
+    d_norm: str = "batch",
+    d_spectral: bool = False,
 ) -> tuple[Generator, Discriminator]:
     """Build an initialised ``(Generator, Discriminator)`` pair; G is built first, so seed before calling."""
-    generator = Generator(resolution, channels, z_dim, g_width, max_channels)
-    discriminator = Discriminator(resolution, channels, d_width, max_channels, d_dropout)
+    generator = Generator(resolution, channels, z_dim, g_width, max_channels, num_classes)
+    discriminator = Discriminator(resolution, channels, d_width, max_channels, d_dropout, d_norm, d_spectral,
+                                  num_classes)
     return generator, discriminator
+
+
+def generator_from_arch(arch: dict) -> Generator:
+    """An (uninitialised-weights) generator of the shape an ``arch_signature`` describes, for loading."""
+    return Generator(arch["resolution"], arch["channels"], arch["z_dim"], arch["g_width"],
+                     arch.get("max_channels", 1024), arch.get("num_classes", 0))
 
 
 def arch_signature(
@@ -168,8 +234,11 @@ def arch_signature(
     d_width: int,
     max_channels: int = 1024,
     d_dropout: float = 0.0,
+    num_classes: int = 0,
+    d_norm: str = "batch",
+    d_spectral: bool = False,
 ) -> dict:
-    """Plain dict of the arguments that fix the tensor shapes, stored in checkpoints.
+    """Plain dict of the arguments that fix the tensor shapes and names, stored in checkpoints.
 
     ``d_dropout`` is accepted for call-compatibility with ``build_models`` but
     left out: it adds no parameters, so checkpoints stay interchangeable.
@@ -181,6 +250,9 @@ def arch_signature(
         "g_width": int(g_width),
         "d_width": int(d_width),
         "max_channels": int(max_channels),
+        "num_classes": int(num_classes),
+        "d_norm": str(d_norm),
+        "d_spectral": bool(d_spectral),
     }
 
 
@@ -196,6 +268,8 @@ __all__ = [
     "arch_signature",
     "build_models",
     "count_params",
+    "D_NORMS",
+    "generator_from_arch",
     "init_weights",
     "stage_plan",
 ]

@@ -22,7 +22,7 @@ def test_defaults_and_derived_run_dir(tmp_path):
     cfg = config.load(write(tmp_path / "faces.yaml", "model:\n  resolution: 64\n"))
     assert cfg.run.name == "faces" and cfg.run.dir == "runs/faces"
     assert cfg.resume == "auto" and cfg.seed == 0 and cfg.train.kimg == 100.0
-    assert cfg.optim.g_lr == 2e-4 and cfg.optim.beta1 == 0.5
+    assert cfg.optim.g_lr == 2e-4 and cfg.optim.g_beta1 == 0.5 and cfg.optim.d_beta1 == 0.5
 
 
 def test_extends_chain_and_overrides_win(tmp_path):
