@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -77,6 +77,14 @@ def latents(seed: int, start: int, stop: int, z_dim: int) -> Tensor:
     return torch.stack(zs) if zs else torch.zeros(0, z_dim)
 
 
+def class_labels(seed: int, start: int, stop: int, class_probs: Sequence[float]) -> Tensor:
+    """Labels of samples start..stop-1 for a conditional G, drawn from `class_probs` (the training set's class
+    frequencies, so the generated set matches the reference set's mix); independent of the world size."""
+    probs = torch.as_tensor(list(class_probs), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([LATENT_STREAM + 1, seed]).generate_state(1)[0]))
+    return torch.multinomial(probs, stop, replacement=True, generator=gen)[start:stop]
+
+
 def _progress(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
 
@@ -109,12 +117,14 @@ def rank0_buffers(accelerator, model: torch.nn.Module):
 
 @torch.no_grad()
 def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_dim: int, seed: int,
-                    extractor: InceptionExtractor, with_is: bool = False, progress: bool = True) -> FeatureStats:
+                    extractor: InceptionExtractor, with_is: bool = False, progress: bool = True,
+                    class_probs: Optional[Sequence[float]] = None) -> FeatureStats:
     """Collective: statistics of `num` samples of G, reduced over all ranks. `batch` is per rank.
 
     G runs as the checkpoint would: in eval mode (BatchNorm uses running statistics, as the sample
     grids do), with rank zero's buffers on every rank, in full precision (accelerate's autocast
     wrapper is bypassed), so the number equals `python -m dcgan_dist.evaluate` on that checkpoint.
+    A conditional G gets labels drawn from `class_probs` (default: uniform over its classes).
     """
     rank, world, device = _world(accelerator)
     model = accelerator.unwrap_model(G) if accelerator is not None else G
@@ -123,6 +133,11 @@ def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_
     g_device, g_dtype = param.device, param.dtype
     stats = FeatureStats(FEATURE_DIM, num_classes=NUM_CLASSES if with_is else None, total=num, device=device)
     start, stop = rank_range(num, rank, world)
+    n_cls = getattr(model, "num_classes", 0)
+    labels = None
+    if n_cls:
+        probs = class_probs if class_probs is not None else [1.0] * n_cls
+        labels = class_labels(seed, start, stop, probs).to(g_device)
     was_training = model.training
     model.eval()
     try:
@@ -130,7 +145,8 @@ def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_
         with rank0_buffers(accelerator, model), _progress(stop - start, desc, progress and rank == 0) as bar:
             for lo in range(start, stop, batch):
                 hi = min(lo + batch, stop)
-                fake = forward(latents(seed, lo, hi, z_dim).to(g_device, g_dtype))
+                z = latents(seed, lo, hi, z_dim).to(g_device, g_dtype)
+                fake = forward(z) if labels is None else forward(z, labels[lo - start:hi - start])
                 feats, logits = extractor(to_uint8(fake))
                 stats.add(feats, logits, first_index=lo)
                 bar.update(hi - lo)
@@ -192,7 +208,8 @@ def resolve_inception_score(extractor: InceptionExtractor, inception_score: Opti
 
 def evaluate_generator(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_dim: int, seed: int,
                        extractor: InceptionExtractor, ref_stats: Optional["RefStats"],
-                       inception_score: Optional[bool] = None, progress: bool = True) -> dict:
+                       inception_score: Optional[bool] = None, progress: bool = True,
+                       class_probs: Optional[Sequence[float]] = None) -> dict:
     """Collective: FID of `num` samples of G against `ref_stats` (None: no FID) and IS.
 
     `inception_score`: None computes IS when the weights have logits, True requires it (error
@@ -202,7 +219,7 @@ def evaluate_generator(accelerator, G: torch.nn.Module, *, num: int, batch: int,
     t0 = time.time()
     want_is = resolve_inception_score(extractor, inception_score)
     stats = generator_stats(accelerator, G, num=num, batch=batch, z_dim=z_dim, seed=seed, extractor=extractor,
-                            with_is=want_is, progress=progress)
+                            with_is=want_is, progress=progress, class_probs=class_probs)
     result = summarize(accelerator, stats, ref_stats, want_is)
     result["seconds"] = time.time() - t0
     return result
