@@ -18,12 +18,14 @@ from typing import Any, Iterator, Optional
 import torch
 from accelerate.utils import gather_object
 
-from . import checkpoint, engines
+from . import checkpoint
 from .checkpoint import Progress
 from .config import Config
-from .losses import d_loss_nonsaturating, g_loss_nonsaturating
+from .ema import GeneratorEMA
 from .metrics.evaluation import evaluate_generator
+from .optim import apply_schedule
 from .runtime import StopRequest
+from .step import STEP_STATS, GANStep
 from .tracking import StepStats, Tracker
 
 log = logging.getLogger("dcgan_dist")
@@ -38,26 +40,13 @@ def to_unit_range(images_u8: torch.Tensor, device: torch.device, dtype: torch.dt
     return images_u8.to(device, non_blocking=True).float().div_(127.5).sub_(1.0).to(dtype)
 
 
-def train_step(accelerator, G, D, opt_g, opt_d, real: torch.Tensor, z: torch.Tensor, real_label: float) -> torch.Tensor:
-    """One D step on real and detached fake images, then one G step; returns detached stats (no sync)."""
-    # D step: two forwards, one backward, so DDP reduces D's gradients once for both terms.
-    # Real and fake go through D separately: each batch gets its own BatchNorm statistics.
-    fake = G(z)
-    real_logits = D(real)
-    fake_logits = D(fake.detach())
-    loss_d = d_loss_nonsaturating(real_logits, fake_logits, real_label)
-    engines.update(accelerator, D, opt_d, loss_d)
-
-    # G step through a frozen D: no gradients for D's weights, hence no all-reduce of them.
-    D.requires_grad_(False)
-    loss_g = g_loss_nonsaturating(D(fake))
-    engines.update(accelerator, G, opt_g, loss_g)
-    D.requires_grad_(True)
-
-    return torch.stack([
-        loss_d.detach(), loss_g.detach(),
-        torch.sigmoid(real_logits.detach().float()).mean(), torch.sigmoid(fake_logits.detach().float()).mean(),
-    ])
+def grid_labels(num_classes: int, grid: int) -> tuple[Optional[torch.Tensor], int]:
+    """The sample grid's class labels and images per row: one row per class for a conditional G
+    (`grid` rounded down to whole rows, at least one image per class); None and sqrt(grid) otherwise."""
+    if not num_classes:
+        return None, max(1, int(math.sqrt(grid)))
+    per_class = max(1, grid // num_classes)
+    return torch.arange(num_classes).repeat_interleave(per_class), per_class
 
 
 @dataclass
@@ -73,6 +62,8 @@ class LoopState:
     batches: Iterator[dict]
     noise: torch.Generator  # this rank's latent generator (CPU; its state is checkpointed per rank)
     fixed_z: torch.Tensor  # the sample grid's latents, the same for the whole run
+    fixed_labels: Optional[torch.Tensor]  # their classes (conditional G), one row per class
+    grid_row: int  # images per row of the sample grid
     progress: Progress
     stop: StopRequest
     tracker: Optional[Tracker]  # rank zero only
@@ -80,6 +71,8 @@ class LoopState:
     dataset_size: Optional[int] = None
     dtype: torch.dtype = torch.float32  # the models' input dtype (bf16/fp16 under DeepSpeed mixed precision)
     fid: Optional[tuple] = None  # (extractor, reference statistics) when eval.every_kimg > 0
+    ema: Optional[GeneratorEMA] = None  # the averaged G used for samples and FID (ema.half_life_kimg > 0)
+    class_probs: Optional[list] = None  # the training set's class frequencies (conditional FID labels)
     last_checkpoint: Optional[str] = None
     extra_scalars: dict = field(default_factory=dict)
 
@@ -98,7 +91,9 @@ class Loop:
         self.last_eval_nimg = s.progress.nimg
         best = Path(cfg.run.dir) / checkpoint.CKPT_DIR / "best" / checkpoint.META  # survives resumes
         self.best_fid = json.loads(best.read_text()).get("fid") if best.is_file() else None
-        self.stats = StepStats(s.accelerator.device)
+        self.stats = StepStats(s.accelerator.device, STEP_STATS)
+        self.step = GANStep(cfg, s.accelerator, s.G, s.D, s.opt_g, s.opt_d, s.noise, s.ema)
+        self.collapse_warned = False
         self.bad_total = 0
         self.last_ckpt_nimg = self.last_sample_nimg = s.progress.nimg
         self.tick_start_nimg = s.progress.nimg
@@ -121,8 +116,9 @@ class Loop:
             batch = next(s.batches)
             z = torch.randn(self.batch_per_rank, z_dim, generator=s.noise).to(device, s.dtype, non_blocking=True)
             real = to_unit_range(batch["image"], device, s.dtype)
-            self.stats.add(train_step(s.accelerator, s.G, s.D, s.opt_g, s.opt_d, real, z, s.cfg.loss.real_label),
-                           batch["bad"])
+            labels = batch["label"].to(device, non_blocking=True) if self.step.conditional else None
+            apply_schedule(s.cfg, s.opt_g, s.opt_d, s.progress.nimg)
+            self.stats.add(self.step(real, z, labels, s.progress.nimg + self.global_batch), batch["bad"])
             s.progress.nimg += self.global_batch
             s.progress.step += 1
             if s.tracker:
@@ -136,7 +132,7 @@ class Loop:
     # ---- maintenance at tick boundaries -------------------------------------------------------
 
     def maintenance(self, final: bool = False, stopping: bool = False) -> None:
-        s, nimg = self.s, self.s.progress.nimg
+        nimg = self.s.progress.nimg
         if self.stats.steps > 0:  # a stop right after a tick has nothing new to report (it would log zeros)
             self.report()
         t0 = time.time()
@@ -167,6 +163,8 @@ class Loop:
                 f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}). Nothing after the last checkpoint "
                 f"({last}) is saved. Resume from it with resume=auto and lower optim.g_lr/optim.d_lr, set "
                 "loss.real_label=0.9, or use train.mixed_precision=no.")
+        values["Diversity/ratio"] = values["Diversity/fake"] / max(values["Diversity/real"], 1e-12)
+        self.check_collapse(values["Diversity/ratio"], nimg)
         # The tick's clock starts after the previous maintenance, so this is training time only.
         train_time = max(time.time() - self.tick_start_time, 1e-9)
         values.update({
@@ -188,27 +186,49 @@ class Loop:
                  values["D/fake"], values["Speed/img_per_sec"],
                  f" | {self.bad_total} bad samples replaced" if self.bad_total else "")
 
+    def check_collapse(self, ratio: float, nimg: int) -> None:
+        """Warn (once per collapse) when generated batches are much less diverse than real ones. The
+        first ticks are exempt: an untrained G draws near-identical blobs by construction."""
+        threshold = self.s.cfg.train.collapse_threshold
+        if not threshold or nimg < min(0.05 * self.total_nimg, 20 * self.tick_nimg):
+            return
+        if ratio < threshold and not self.collapse_warned:
+            log.warning("possible mode collapse at kimg %.3f: generated batches are %.2f as diverse as real ones "
+                        "(Diversity/ratio < train.collapse_threshold=%g). Keep the earlier checkpoints; consider "
+                        "augment.policy=color,translation,cutout, loss.label_flip, model.d_dropout or a lower optim.d_lr",
+                        nimg / 1000, ratio, threshold)
+        self.collapse_warned = ratio < threshold
+
+    def sampler(self) -> torch.nn.Module:
+        """The generator samples and FID use: the EMA (its BatchNorm statistics re-estimated) or G."""
+        s = self.s
+        G = s.accelerator.unwrap_model(s.G)
+        return s.ema.recalibrate(G) if s.ema is not None else G
+
     def sample_grid(self) -> None:
         """Rank zero renders the fixed-noise grid with G in eval mode (no BatchNorm statistics change)."""
         s = self.s
         if s.tracker is None:
             return
-        G = s.accelerator.unwrap_model(s.G)
+        G = self.sampler()
         was_training = G.training
         G.eval()
+        dtype = next(G.parameters()).dtype
         with torch.no_grad():
-            fakes = G(s.fixed_z.to(s.accelerator.device, s.dtype))
+            z = s.fixed_z.to(s.accelerator.device, dtype)
+            fakes = G(z) if s.fixed_labels is None else G(z, s.fixed_labels.to(s.accelerator.device))
         G.train(was_training)
         nimg = s.progress.nimg
-        s.tracker.images("Samples/fixed_noise", fakes, nimg, f"fakes_{checkpoint.name_for(nimg)}.png")
+        s.tracker.images("Samples/fixed_noise", fakes, nimg, f"fakes_{checkpoint.name_for(nimg)}.png", nrow=s.grid_row)
 
     def evaluate(self) -> None:
         """Collective: FID (and IS) of G, logged to TensorBoard and metrics.jsonl; a new best FID is
         saved to checkpoints/best/, beside the rotation."""
         s, e, nimg = self.s, self.s.cfg.eval, self.s.progress.nimg
         extractor, ref = s.fid
-        result = evaluate_generator(s.accelerator, s.G, num=e.num, batch=e.batch, z_dim=s.cfg.model.z_dim,
-                                    seed=s.cfg.seed, extractor=extractor, ref_stats=ref, progress=False)
+        result = evaluate_generator(s.accelerator, self.sampler(), num=e.num, batch=e.batch, z_dim=s.cfg.model.z_dim,
+                                    seed=s.cfg.seed, extractor=extractor, ref_stats=ref, progress=False,
+                                    class_probs=s.class_probs)
         is_text = f" IS {result['is_mean']:.3f}" if result["is_mean"] is not None else ""
         log.info("kimg %9.3f | FID %.3f%s (%d samples, %.0f s)", nimg / 1000, result["fid"], is_text,
                  result["num"], result["seconds"])
@@ -226,9 +246,10 @@ class Loop:
         if len(set(digests)) > 1:
             log.error("ranks hold different parameters at kimg %.3f (digests %s): the processes are not "
                       "training in sync", s.progress.nimg / 1000, digests)
-        meta = {**s.meta, "world_size": s.accelerator.num_processes, "param_digests": digests, **(extra or {})}
+        meta = {**s.meta, "world_size": s.accelerator.num_processes, "param_digests": digests,
+                "generator": "ema" if s.ema is not None else "G", **(extra or {})}
         path = checkpoint.save(s.accelerator, s.cfg.run.dir, s.progress, {"noise": s.noise.get_state()},
-                               meta, keep=s.cfg.checkpoint.keep, generator=G, name=name)
+                               meta, keep=s.cfg.checkpoint.keep, generator=self.sampler(), name=name)
         if name is not None:
             log.info("checkpoint %s (%s)", path, ", ".join(f"{k} {v:.4g}" for k, v in (extra or {}).items()))
             return

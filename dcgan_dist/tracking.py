@@ -34,10 +34,8 @@ from .config import Config
 
 log = logging.getLogger("dcgan_dist")
 
-# Names of the per-step statistics, in the order they are stacked on the device.
-STAT_NAMES = ("Loss/D", "Loss/G", "D/real", "D/fake")
 # The last tick's values that TensorBoard's HParams tab shows beside a run's settings.
-FINAL_METRICS = (*STAT_NAMES, "Speed/img_per_sec")
+FINAL_METRICS = ("Loss/D", "Loss/G", "D/real", "D/fake", "Diversity/ratio", "Speed/img_per_sec")
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -78,9 +76,9 @@ class StepStats:
     """Per-step statistics summed on the device, plus host counters; `reduce()` once per tick
     returns the means over all steps of all ranks and the summed counters."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.sums = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
+    def __init__(self, device: torch.device, names: tuple[str, ...]):
+        self.device, self.names = device, names  # names of the stacked values `add` receives, in order
+        self.sums = torch.zeros(len(names), dtype=torch.float64, device=device)
         self.steps = 0
         self.bad_samples = 0  # unreadable samples the data stream replaced (a host int, no sync)
 
@@ -95,7 +93,7 @@ class StepStats:
         steps = max(packed[-2].item(), 1.0)
         self.sums.zero_()
         self.steps = self.bad_samples = 0
-        return {name: packed[i].item() / steps for i, name in enumerate(STAT_NAMES)}, int(packed[-1].item())
+        return {name: packed[i].item() / steps for i, name in enumerate(self.names)}, int(packed[-1].item())
 
 
 class Tracker:
@@ -141,9 +139,10 @@ class Tracker:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"kimg": nimg / 1000, **result}) + "\n")
 
-    def images(self, tag: str, images: torch.Tensor, nimg: int, filename: str) -> Path:
-        """Save an image grid (values in [-1, 1]) as PNG and as a TensorBoard image."""
-        nrow = max(1, int(math.sqrt(images.shape[0])))
+    def images(self, tag: str, images: torch.Tensor, nimg: int, filename: str, nrow: Optional[int] = None) -> Path:
+        """Save an image grid (values in [-1, 1]; `nrow` images per row, default square) as PNG and as a
+        TensorBoard image."""
+        nrow = nrow or max(1, int(math.sqrt(images.shape[0])))
         grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
         path = self.samples_dir / filename
         save_image(grid, path)

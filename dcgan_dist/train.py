@@ -23,11 +23,13 @@ from .checkpoint import CheckpointError, Progress
 from .config import Config, ConfigError
 from .data import locate, stream
 from .data.locate import DataError
-from .loop import Loop, LoopState, TrainingDiverged
+from .ema import build_ema
+from .loop import Loop, LoopState, TrainingDiverged, grid_labels
 from .metrics.evaluation import reference_stats
 from .metrics.inception import InceptionWeightsError, load_extractor
 from .metrics.sources import ImageSource, SourceError
 from .models import arch_signature, build_models, count_params
+from .optim import build_optimizers
 
 log = logging.getLogger("dcgan_dist")
 
@@ -64,11 +66,28 @@ def build_data(cfg: Config, accelerator, progress: Progress):
         world_size=accelerator.num_processes, workers=max(1, cfg.data.workers),
         resolution=cfg.model.resolution, channels=cfg.model.channels, seed=cfg.seed,
         shuffle_buffer=cfg.data.shuffle_buffer, hflip=cfg.data.hflip, start_batch=progress.step)
+    check_classes(cfg, shards)
     if counts is None:
         log.warning("no dataset.json beside the shards: epoch length is unknown and a resume re-reads the "
                     "skipped samples (write shards with `python -m dcgan_dist.prepare` to get one)")
     loader = stream.make_loader(spec, cfg.data.workers, cfg.data.prefetch, pin_memory=accelerator.device.type == "cuda")
     return shards, loader
+
+
+def check_classes(cfg: Config, shards) -> None:
+    """A conditional model needs shards whose dataset.json names exactly model.num_classes classes."""
+    n = cfg.model.num_classes
+    if not n:
+        return
+    classes = shards.index.classes if shards.index else []
+    if not classes:
+        raise ConfigError(f"model.num_classes={n} (conditional) but the shards {cfg.data.shards} carry no class "
+                          "labels (no dataset.json with classes): prepare them from class folders without "
+                          "--no-labels, or set model.num_classes=0")
+    if len(classes) != n:
+        raise ConfigError(f"model.num_classes={n} but the shards have {len(classes)} classes "
+                          f"({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''}): "
+                          f"set model.num_classes={len(classes)}")
 
 
 def build_fid(cfg: Config, accelerator, shards):
@@ -87,15 +106,23 @@ def build_fid(cfg: Config, accelerator, shards):
 def build_training(cfg: Config, accelerator, precision: str):
     """Models and optimizers, identically initialised on every rank, prepared for DDP or DeepSpeed."""
     set_seed(cfg.seed)
-    m = cfg.model
-    G, D = build_models(m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, m.max_channels, m.d_dropout)
+    G, D = build_models(**model_args(cfg))
     log.info("G: %s parameters, D: %s parameters", f"{count_params(G):,}", f"{count_params(D):,}")
-    o = cfg.optim
-    opt_g = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=(o.beta1, o.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=(o.beta1, o.beta2))
-    prepared = engines.prepare(accelerator, G, D, opt_g, opt_d, precision)
+    opt_g, opt_d = build_optimizers(cfg, G, D)
+    G, D, opt_g, opt_d, dtype = engines.prepare(accelerator, G, D, opt_g, opt_d, precision)
+    ema = build_ema(accelerator.unwrap_model(G), cfg, cfg.train.batch // accelerator.num_processes, accelerator.device)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)  # saved and restored with the training state
+        log.info("EMA of G: half-life %g kimg, ramp-up %g", cfg.ema.half_life_kimg, cfg.ema.rampup)
     set_seed(cfg.seed, device_specific=True)  # dropout masks differ across ranks from here on
-    return prepared
+    return G, D, opt_g, opt_d, dtype, ema
+
+
+def model_args(cfg: Config) -> dict:
+    m = cfg.model
+    return dict(resolution=m.resolution, channels=m.channels, z_dim=m.z_dim, g_width=m.g_width, d_width=m.d_width,
+                max_channels=m.max_channels, d_dropout=m.d_dropout, num_classes=m.num_classes, d_norm=m.d_norm,
+                d_spectral=m.d_spectral)
 
 
 def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> Progress:
@@ -145,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                  run_dir, accelerator.num_processes, accelerator.distributed_type, accelerator.device,
                  precision, cfg.train.batch // accelerator.num_processes)
         m = cfg.model
-        arch = arch_signature(m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, m.max_channels)
-        G, D, opt_g, opt_d, dtype = build_training(cfg, accelerator, precision)
+        arch = arch_signature(**model_args(cfg))
+        G, D, opt_g, opt_d, dtype, ema = build_training(cfg, accelerator, precision)
         noise = torch.Generator().manual_seed(cfg.seed * 65_536 + 1 + accelerator.process_index)
         progress = resume(cfg, accelerator, noise, arch)
         shards, loader = build_data(cfg, accelerator, progress)
@@ -159,9 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                 reals = stream.preview(shards.urls, cfg.train.sample_grid, m.resolution, m.channels)
                 tracker.images("Samples/reals", reals, 0, "reals.png")
         stop = runtime.StopRequest(accelerator.num_processes)  # before the loader forks its workers
+        fixed_labels, grid_row = grid_labels(m.num_classes, cfg.train.sample_grid)
+        n_grid = cfg.train.sample_grid if fixed_labels is None else len(fixed_labels)
         state = LoopState(
             cfg=cfg, accelerator=accelerator, G=G, D=D, opt_g=opt_g, opt_d=opt_d, batches=iter(loader),
-            noise=noise, fixed_z=torch.randn(cfg.train.sample_grid, m.z_dim, generator=torch.Generator().manual_seed(cfg.seed)),
+            noise=noise, fixed_z=torch.randn(n_grid, m.z_dim, generator=torch.Generator().manual_seed(cfg.seed)),
+            fixed_labels=fixed_labels, grid_row=grid_row, ema=ema,
+            class_probs=shards.index.class_counts if shards.index and m.num_classes else None,
             progress=progress, stop=stop, tracker=tracker,
             meta={"arch": arch, "config": config.to_dict(cfg), "workers": max(1, cfg.data.workers),
                   "batch": cfg.train.batch},

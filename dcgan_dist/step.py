@@ -1,0 +1,95 @@
+"""One training step: a D update on real and fake images, then a G update through a frozen D.
+
+Everything a step needs that the config decides — the loss pair, targets with smoothing and
+label noise, the gradient penalty, DiffAugment, the EMA of G — is fixed once in `GANStep`, so
+the step itself reads as the algorithm. It returns detached statistics (no host sync) that the
+loop sums on the device and reduces once per tick.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import engines
+from .augment import DiffAugment
+from .config import Config, augment_policy
+from .ema import GeneratorEMA
+from .losses import D_LOSSES, G_LOSSES, d_targets, gradient_penalty
+
+# Names of the statistics a step returns, in order (the loop adds Diversity/ratio per tick).
+STEP_STATS = ("Loss/D", "Loss/G", "D/real", "D/fake", "Loss/GP", "Diversity/fake", "Diversity/real")
+DIVERSITY_SIDE = 16  # images are average-pooled to at most this side before measuring diversity
+
+
+def diversity(images: torch.Tensor) -> torch.Tensor:
+    """Mean pairwise L2 distance between the (downsampled) images of a batch: a cheap mode-collapse
+    signal. A collapsed G draws near-identical images, so its value falls towards 0 while the
+    real batches' stays put; the ratio of the two is `Diversity/ratio`."""
+    x = images.detach().float()
+    if x.shape[-1] > DIVERSITY_SIDE:
+        x = F.adaptive_avg_pool2d(x, DIVERSITY_SIDE)
+    x = x.flatten(1)
+    if x.shape[0] < 2:
+        return x.new_zeros(())
+    return torch.pdist(x).mean() / x.shape[1] ** 0.5  # per-pixel scale: comparable across resolutions
+
+
+class GANStep:
+    def __init__(self, cfg: Config, accelerator, G, D, opt_g, opt_d, noise: torch.Generator,
+                 ema: Optional[GeneratorEMA] = None):
+        self.accelerator, self.G, self.D, self.opt_g, self.opt_d = accelerator, G, D, opt_g, opt_d
+        self.noise, self.ema = noise, ema
+        loss = cfg.loss
+        self.kind = loss.kind
+        self.d_loss, self.g_loss = D_LOSSES[loss.kind], G_LOSSES[loss.kind]
+        self.real_label, self.flip = loss.real_label, loss.label_flip
+        self.gp_weight = loss.gp_weight if loss.kind == "wgan-gp" else 0.0
+        self.conditional = cfg.model.num_classes > 0
+        self.augment = DiffAugment(augment_policy(cfg.augment.policy), cfg.augment.translation,
+                                   cfg.augment.cutout, generator=noise)
+        self.global_batch = cfg.train.batch
+
+    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        return self.augment(x) if self.augment else x
+
+    def __call__(self, real: torch.Tensor, z: torch.Tensor, labels: Optional[torch.Tensor], nimg_after: int) -> torch.Tensor:
+        G, D = self.G, self.D
+        y = labels if self.conditional else None  # fakes are drawn for the real batch's classes
+        cond = () if y is None else (y,)
+
+        # D step: two forwards (each batch gets its own BatchNorm statistics), one backward, so DDP
+        # reduces D's gradients once for all terms, the gradient penalty included.
+        fake = G(z, *cond)
+        real_in, fake_in = self._aug(real), self._aug(fake.detach())
+        real_out = D(real_in, *cond)
+        fake_out = D(fake_in, *cond)
+        real_t = fake_t = None
+        if self.kind in ("nonsaturating", "lsgan"):
+            real_t, fake_t = d_targets(real.shape[0], fake.shape[0], self.real_label, self.flip, self.noise,
+                                       device=real_out.device)
+        loss_d = self.d_loss(real_out, fake_out, real_t, fake_t)
+        gp = torch.zeros((), device=loss_d.device)
+        if self.gp_weight > 0:
+            gp = gradient_penalty(D, real_in, fake_in, y, self.noise)
+            loss_d = loss_d + self.gp_weight * gp
+        engines.update(self.accelerator, D, self.opt_d, loss_d)
+
+        # G step through a frozen D: no gradients for D's weights, hence no all-reduce of them.
+        D.requires_grad_(False)
+        loss_g = self.g_loss(D(self._aug(fake), *cond))
+        engines.update(self.accelerator, G, self.opt_g, loss_g)
+        D.requires_grad_(True)
+        if self.ema is not None:
+            self.ema.update(self.accelerator.unwrap_model(G), nimg_after, self.global_batch)
+
+        real_o, fake_o = real_out.detach().float(), fake_out.detach().float()
+        if self.kind == "nonsaturating":  # D/real, D/fake: probabilities for BCE, raw outputs otherwise
+            real_o, fake_o = torch.sigmoid(real_o), torch.sigmoid(fake_o)
+        return torch.stack([loss_d.detach(), loss_g.detach(), real_o.mean(), fake_o.mean(), gp.detach().float(),
+                            diversity(fake), diversity(real)])
+
+
+__all__ = ["GANStep", "STEP_STATS", "diversity"]
