@@ -115,6 +115,7 @@ def config_from_meta(ckpt: Path, meta: dict) -> Config:
 def load_generator(ckpt: Path, cfg: Config, device: torch.device) -> tuple[Generator, Path]:
     """G rebuilt from the config and loaded from `generator.safetensors` (G alone, written under DDP and
     DeepSpeed alike), or from `model.safetensors` (the first prepared model) in older checkpoints."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     weights = next((ckpt / n for n in (getattr(checkpoint, "GENERATOR", "generator.safetensors"), "model.safetensors")
@@ -125,7 +126,12 @@ def load_generator(ckpt: Path, cfg: Config, device: torch.device) -> tuple[Gener
     m = cfg.model
     G = Generator(m.resolution, m.channels, m.z_dim, m.g_width, m.max_channels, m.num_classes)
     try:
-        G.load_state_dict(load_file(str(weights)), strict=True)
+        state = load_file(str(weights))
+    except SafetensorError as e:
+        raise CheckpointError(f"{weights} is damaged and cannot be read ({e}); use an older checkpoint of the run "
+                              "(RUN/checkpoints/<kimg>)") from None
+    try:
+        G.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{weights} does not fit the generator of its config's model section: "
                               f"{str(e).splitlines()[0]}") from None

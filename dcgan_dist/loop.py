@@ -192,7 +192,7 @@ class Loop:
         threshold = self.s.cfg.train.collapse_threshold
         if not threshold or nimg < min(0.05 * self.total_nimg, 20 * self.tick_nimg):
             return
-        if ratio < threshold and not self.collapse_warned:
+        if ratio < threshold and not self.collapse_warned and self.s.accelerator.is_main_process:
             log.warning("possible mode collapse at kimg %.3f: generated batches are %.2f as diverse as real ones "
                         "(Diversity/ratio < train.collapse_threshold=%g). Keep the earlier checkpoints; consider "
                         "augment.policy=color,translation,cutout, loss.label_flip, model.d_dropout or a lower optim.d_lr",

@@ -10,7 +10,7 @@ RUN_OR_CHECKPOINT is a checkpoint directory (e.g. RUN/checkpoints/best) or a run
 newest complete checkpoint). The generator is rebuilt from the config in its meta.json and loaded
 from generator.safetensors (the EMA weights when the run averaged G). Several outputs may be asked
 for at once. Sample i's latent is seeded by (--seed, i) alone (default seed: the run's), so image i
-is the same whatever --batch or --num, and grid image i is --num image i.
+is the same whatever --batch or --num (and an unconditional grid image i is --num image i).
 
 Conditional generators: --num gives image i the class i mod num_classes and writes DIR/labels.csv
 (file,class); --grid has one row per class (class 0 on top), column j using the same latent in every
@@ -122,7 +122,7 @@ def open_checkpoint(target: str) -> tuple[Path, dict, Config]:
         meta = checkpoint.read_meta(ckpt)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{ckpt / checkpoint.META} is not valid JSON ({e}): the checkpoint is damaged; "
-                              "sample from another one (RUN/checkpoints/<kimg>)") from None
+                              "sample from an older one: pass RUN/checkpoints/<kimg> instead") from None
     return ckpt, meta, config_from_meta(ckpt, meta)
 
 
@@ -131,7 +131,7 @@ def load_weights(ckpt: Path, cfg: Config, device: torch.device):
         return load_generator(ckpt, cfg, device)
     except SafetensorError as e:  # truncated or overwritten: load_generator only turns shape mismatches into errors
         raise CheckpointError(f"{ckpt / checkpoint.GENERATOR} is damaged and cannot be read ({e}); sample from "
-                              "another checkpoint of the run (RUN/checkpoints/<kimg>), or re-save it") from None
+                              "an older checkpoint of the run: pass RUN/checkpoints/<kimg> instead") from None
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -267,7 +267,8 @@ def run(args: argparse.Namespace) -> None:
         G, weights = load_weights(ckpt, cfg, device)
         seed = cfg.seed if args.seed is None else args.seed
         kind = f"{G.num_classes} classes" if G.num_classes else "unconditional"
-        print(f"loaded {weights} ({meta.get('generator', 'generator')} weights, kimg {meta.get('kimg')}, {kind}) "
+        what = {"ema": "EMA of G", "G": "G"}.get(meta.get("generator"), "generator")  # the trainer says which
+        print(f"loaded {weights} ({what} weights, kimg {meta.get('kimg')}, {kind}) "
               f"on {device}, seed {seed}")
         if args.num is not None:
             write_images(G, args, seed, device)

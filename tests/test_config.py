@@ -58,10 +58,24 @@ def test_wrong_type_names_the_key(tmp_path):
     ("model.channels=2", "model.channels"), ("train.kimg=0", "train.kimg"),
     ("loss.real_label=1.5", "loss.real_label"), ("train.mixed_precision=fp8", "train.mixed_precision"),
     ("checkpoint.keep=0", "checkpoint.keep"), ("model.d_dropout=1.0", "model.d_dropout"),
+    ("loss.kind=wgan", "loss.kind"), ("loss.label_flip=0.6", "loss.label_flip"),
+    ("model.d_norm=instance", "model.d_norm"), ("optim.schedule=linear", "optim.schedule"),
+    ("optim.d_beta2=1.0", "optim.d_beta2"), ("augment.policy=color,blur", "augment.policy"),
+    ("ema.half_life_kimg=-1", "ema.half_life_kimg"), ("model.num_classes=-2", "model.num_classes"),
 ])
 def test_semantic_checks_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         config.load(None, [override])
+
+
+@pytest.mark.parametrize("overrides,fix", [
+    (["loss.kind=wgan-gp"], "model.d_norm=layer"),
+    (["loss.kind=hinge", "loss.real_label=0.9"], "loss.real_label=1.0"),
+    (["loss.kind=wgan-gp", "model.d_norm=none", "train.mixed_precision=fp16"], "bf16"),
+])
+def test_combinations_that_cannot_work_are_refused_with_the_fix(overrides, fix):
+    with pytest.raises(ConfigError, match=fix):
+        config.load(None, overrides)
 
 
 def test_malformed_override_and_missing_file(tmp_path):

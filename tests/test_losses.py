@@ -105,3 +105,98 @@ def test_loss_under_autocast_is_float32():
 def test_invalid_real_label_raises(bad):
     with pytest.raises(ValueError, match=r"loss\.real_label"):
         d_loss_nonsaturating(torch.zeros(2), torch.zeros(2), real_label=bad)
+
+
+# ---- hinge, least squares, Wasserstein + gradient penalty, label noise --------------------------
+
+from dcgan_dist.losses import (  # noqa: E402
+    D_LOSSES, G_LOSSES, d_hinge, d_lsgan, d_targets, d_wasserstein, g_lsgan, g_wasserstein, gradient_penalty,
+)
+
+
+def test_hinge_closed_form():
+    expected_d = _mean([max(0.0, 1 - x) for x in REAL]) + _mean([max(0.0, 1 + x) for x in FAKE])
+    assert d_hinge(_t(REAL), _t(FAKE)).item() == pytest.approx(expected_d, rel=1e-6)
+    assert G_LOSSES["hinge"](_t(FAKE)).item() == pytest.approx(-_mean(FAKE), rel=1e-6)
+
+
+def test_lsgan_closed_form_with_smoothing():
+    real_t, fake_t = d_targets(len(REAL), len(FAKE), real_label=0.9)
+    expected_d = 0.5 * (_mean([(x - 0.9) ** 2 for x in REAL]) + _mean([x ** 2 for x in FAKE]))
+    assert d_lsgan(_t(REAL), _t(FAKE), real_t, fake_t).item() == pytest.approx(expected_d, rel=1e-6)
+    assert g_lsgan(_t(FAKE)).item() == pytest.approx(0.5 * _mean([(x - 1) ** 2 for x in FAKE]), rel=1e-6)
+
+
+def test_wasserstein_closed_form():
+    assert d_wasserstein(_t(REAL), _t(FAKE)).item() == pytest.approx(_mean(FAKE) - _mean(REAL), rel=1e-6)
+    assert g_wasserstein(_t(FAKE)).item() == pytest.approx(-_mean(FAKE), rel=1e-6)
+    assert D_LOSSES["wgan-gp"] is d_wasserstein and G_LOSSES["wgan-gp"] is g_wasserstein
+
+
+def test_gradient_penalty_closed_form_for_a_linear_critic():
+    """D(x) = <w, x>: the input gradient is w everywhere, so the penalty is exactly (|w| - 1)^2, and
+    its gradient with respect to w is 2 (|w| - 1) w / |w|."""
+    w = torch.tensor([[[[0.5, -1.0], [2.0, 0.25]]]], requires_grad=True)  # |w| = sqrt(5.3125)
+
+    def critic(x):
+        return (x * w).flatten(1).sum(1)
+
+    real, fake = torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2)
+    gp = gradient_penalty(critic, real, fake, generator=torch.Generator().manual_seed(0))
+    norm = math.sqrt(5.3125)
+    assert gp.item() == pytest.approx((norm - 1) ** 2, rel=1e-6)
+    gp.backward()  # the penalty reaches the critic's weights (create_graph=True)
+    assert torch.allclose(w.grad, 2 * (norm - 1) * w.detach() / norm, rtol=1e-5)
+
+
+def test_gradient_penalty_interpolates_between_real_and_fake():
+    seen = []
+
+    def critic(x):
+        seen.append(x.detach().clone())
+        return x.flatten(1).sum(1)
+
+    real, fake = torch.ones(64, 1, 2, 2), -torch.ones(64, 1, 2, 2)
+    gradient_penalty(critic, real, fake, generator=torch.Generator().manual_seed(1))
+    x_hat = seen[0][:, 0, 0, 0]
+    assert ((x_hat > -1) & (x_hat < 1)).all() and x_hat.std() > 0.3  # e ~ U[0, 1] per sample
+    assert torch.equal(seen[0][:, 0], seen[0][:, 0, :1, :1].expand(-1, 2, 2))  # one e per sample
+
+
+def test_label_noise_flips_with_the_given_probability():
+    gen = torch.Generator().manual_seed(0)
+    real_t, fake_t = d_targets(20_000, 20_000, real_label=0.9, flip=0.1, generator=gen)
+    assert torch.allclose(real_t[real_t > 0], torch.tensor(0.9))
+    assert (real_t == 0).float().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert (fake_t > 0).float().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert torch.allclose(fake_t[fake_t > 0], torch.tensor(0.9))
+    # No noise: no random numbers are drawn, targets are exact.
+    gen2 = torch.Generator().manual_seed(5)
+    state = gen2.get_state()
+    real_t, fake_t = d_targets(4, 3, real_label=1.0, flip=0.0, generator=gen2)
+    assert torch.equal(gen2.get_state(), state)
+    assert real_t.tolist() == [1.0] * 4 and fake_t.tolist() == [0.0] * 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["layer", "none"])
+def test_gradient_penalty_gradients_are_all_reduced_under_two_process_ddp(norm):
+    """Through the real launcher with 2 CPU processes: D's gradient with the penalty in the loss equals
+    the mean of the ranks' own gradients (DDP's all-reduce saw the penalty's backward)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import CPU_LAUNCH, REPO, env
+
+    proc = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
+                           str(REPO / "tests" / "scripts" / "ddp_gradient_penalty.py"), norm],
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert result["world_size"] == 2
+    assert result["rank_grads_differ"] > 1e-3  # the ranks really saw different data
+    assert result["gp_share_of_grad"] > 0.05  # and the penalty really contributes to the gradient
+    assert result["ranks_equal"]
+    assert result["max_err_vs_mean_of_ranks"] <= 1e-6 * max(1.0, result["grad_scale"])

@@ -144,10 +144,77 @@ def test_gradients_reach_every_parameter():
 def test_arch_signature():
     base = dict(resolution=64, channels=3, z_dim=100, g_width=64, d_width=64, max_channels=1024)
     sig = arch_signature(**base)
-    assert sig == base
+    assert sig == {**base, "num_classes": 0, "d_norm": "batch", "d_spectral": False}
     assert type(sig) is dict
-    changed = dict(resolution=32, channels=1, z_dim=128, g_width=32, d_width=128, max_channels=512)
+    changed = dict(resolution=32, channels=1, z_dim=128, g_width=32, d_width=128, max_channels=512,
+                   num_classes=10, d_norm="none", d_spectral=True)
     for key, value in changed.items():
         assert arch_signature(**{**base, key: value}) != sig, key
     # Dropout does not change tensor shapes, so it must not block loading a checkpoint.
     assert arch_signature(**base, d_dropout=0.3) == sig
+
+
+# ---- conditional models, D normalisation, spectral normalisation ---------------------------------
+
+@pytest.mark.parametrize("resolution,channels", [(28, 1), (64, 3)])
+def test_conditional_shapes_and_labels_matter(resolution, channels):
+    torch.manual_seed(0)
+    g, d = build_models(resolution, channels, 16, 8, 8, num_classes=10)
+    z = torch.randn(5, 16)
+    y = torch.tensor([0, 3, 9, 3, 1])
+    x = g(z, y)
+    assert x.shape == (5, channels, resolution, resolution)
+    assert d(x, y).shape == (5,)
+    # G reads z and a one-hot label: first layer takes z_dim + classes channels.
+    assert g.main[0].in_channels == 16 + 10
+    # The label changes both networks' outputs.
+    other = torch.tensor([1, 4, 0, 5, 2])
+    assert not torch.allclose(g(z, other), x)
+    g.eval()
+    d.eval()
+    assert not torch.allclose(d(x, other), d(x, y))
+    # The projection term is <embed(y), sum_hw features(x)>.
+    h = d.features(x)
+    plain = d.main[-1](h).reshape(5)
+    assert torch.allclose(d(x, y), plain + (d.embed(y) * h.sum(dim=(2, 3))).sum(1), atol=1e-6)
+
+
+def test_conditional_models_refuse_missing_or_bad_labels():
+    g, d = build_models(32, 1, 16, 8, 8, num_classes=3)
+    with pytest.raises(ValueError, match="needs class labels"):
+        g(torch.randn(2, 16))
+    with pytest.raises(ValueError, match="labels of shape"):
+        d(torch.randn(2, 1, 32, 32), torch.tensor([0, 1, 2]))
+    g0, d0 = build_models(32, 1, 16, 8, 8)
+    with pytest.raises(ValueError, match="unconditional"):
+        g0(torch.randn(2, 16), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("norm,layer", [("batch", torch.nn.BatchNorm2d), ("layer", torch.nn.GroupNorm), ("none", None)])
+def test_discriminator_norm_options(norm, layer):
+    d = Discriminator(64, 3, 8, norm=norm)
+    kinds = {type(m) for m in d.modules()}
+    norms = {torch.nn.BatchNorm2d, torch.nn.GroupNorm} & kinds
+    assert norms == ({layer} if layer else set())
+    # A per-sample D (no BN): each sample's logit does not depend on the rest of the batch.
+    if norm != "batch":
+        x = torch.randn(4, 3, 64, 64)
+        d.train()
+        assert torch.allclose(d(x)[:2], d(x[:2]), atol=1e-6)
+    with pytest.raises(ValueError, match="norm"):
+        Discriminator(64, 3, 8, norm="instance")
+
+
+def test_spectral_norm_bounds_every_weight():
+    torch.manual_seed(0)
+    d = Discriminator(32, 3, 8, norm="none", spectral=True, num_classes=4)
+    d.train()
+    x = torch.randn(8, 3, 32, 32)
+    for _ in range(30):  # power iterations converge over forward passes
+        d(x, torch.zeros(8, dtype=torch.long))
+    d.eval()
+    convs = [m for m in d.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Embedding))]
+    assert len(convs) == 5 and all(hasattr(m, "parametrizations") for m in convs)
+    for m in convs:
+        w = m.weight.flatten(1) if isinstance(m, torch.nn.Conv2d) else m.weight
+        assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, rel=0.02)

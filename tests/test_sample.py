@@ -4,6 +4,7 @@ pixels equal the generator's own output, layouts, the progress GIF, and exit-2 e
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,23 @@ def test_num_images_are_the_generators_output_whatever_the_batch(uncond, tmp_pat
     assert not close(load(tmp_path / "c" / "000000.png"), load(tmp_path / "a" / "000000.png"))
 
 
+def test_run_dir_means_its_newest_checkpoint_and_best_is_accepted(uncond, tmp_path, capsys):
+    run, G = uncond
+    old = run / "checkpoints" / "000001.000"
+    newer, best = run / "checkpoints" / "000002.000", run / "checkpoints" / "best"
+    shutil.copytree(old, newer)
+    shutil.copytree(old, best)
+    with torch.no_grad():
+        G.main[-2].weight.neg_()  # the last conv: other images
+    save_file({k: v.contiguous() for k, v in G.state_dict().items()}, str(newer / checkpoint.GENERATOR))
+    rc, out, _ = run_main([run, "--num", 1, "--out", tmp_path / "a"], capsys)
+    assert rc == 0 and str(newer / checkpoint.GENERATOR) in out
+    assert close(load(tmp_path / "a" / "000000.png"), expected(G, latents(SEED, 0, 1, 16))[0])
+    rc, out, _ = run_main([best, "--num", 1, "--out", tmp_path / "b"], capsys)
+    assert rc == 0 and str(best / checkpoint.GENERATOR) in out
+    assert not close(load(tmp_path / "b" / "000000.png"), load(tmp_path / "a" / "000000.png"))
+
+
 def test_conditional_num_records_each_class(cond, tmp_path, capsys):
     run, G = cond
     rc, out, _ = run_main([run, "--num", 5, "--out", tmp_path / "a", "--no-progress"], capsys)
@@ -166,7 +184,8 @@ def test_conditional_interpolation_keeps_the_class(cond, tmp_path, capsys):
     assert main([str(run), "--interp", str(tmp_path / "i.png"), "--steps", "3", "--pairs", "2", "--class", "2"]) == 0
     grid = load(tmp_path / "i.png")
     ends = latents(SEED, 0, 4, 16)
-    assert close(cell(grid, 1, 0), expected(G, ends[2:3], 2)[0]) and close(cell(grid, 1, 2), expected(G, ends[3:4], 2)[0])
+    assert close(cell(grid, 1, 0), expected(G, ends[2:3], 2)[0])
+    assert close(cell(grid, 1, 2), expected(G, ends[3:4], 2)[0])
     assert main([str(run), "--interp", str(tmp_path / "r.png"), "--steps", "3", "--pairs", "2"]) == 0
     assert close(cell(load(tmp_path / "r.png"), 1, 0), expected(G, ends[2:3], 1)[0])  # row p: class p mod 3
 

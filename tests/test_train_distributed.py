@@ -32,8 +32,10 @@ def newest_checkpoint(run_dir: Path) -> Path:
 
 def test_two_process_run_leaves_a_complete_run_directory(tmp_path):
     run_dir = tmp_path / "run"
-    proc = launch(CONFIG, TINY + [f"run.dir={run_dir}", "train.kimg=0.128"])
+    # A diversity threshold no G can meet: the collapse warning must fire (once the warm-up is over).
+    proc = launch(CONFIG, TINY + [f"run.dir={run_dir}", "train.kimg=0.128", "train.collapse_threshold=50"])
     assert "world size 2" in proc.stderr
+    assert proc.stderr.count("possible mode collapse") == 1, proc.stderr[-3000:]
 
     status = read_json(run_dir / "status.json")
     assert status["state"] == "complete" and status["world_size"] == 2
@@ -57,10 +59,14 @@ def test_two_process_run_leaves_a_complete_run_directory(tmp_path):
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("Loss/D", "Loss/G", "D/real", "D/fake", "Speed/img_per_sec", "LR/G", "LR/D", "Progress/epoch"):
+    for tag in ("Loss/D", "Loss/G", "D/real", "D/fake", "Speed/img_per_sec", "LR/G", "LR/D", "Progress/epoch",
+                "Diversity/ratio", "Diversity/fake", "Diversity/real", "Loss/GP"):
         assert tag in tags, f"missing TensorBoard scalar {tag}; have {sorted(tags)}"
     losses = [e.value for e in events.Scalars("Loss/D")]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    ratios = [e.value for e in events.Scalars("Diversity/ratio")]
+    assert all(0 < r < 5 for r in ratios), ratios
+    assert meta["generator"] == "ema"  # generator.safetensors holds the EMA of G (the default)
     assert {"Samples/fixed_noise", "Samples/reals"} <= set(events.Tags()["images"])
 
 
@@ -75,19 +81,32 @@ def _final_state(run_dir: Path) -> dict:
                 state[f"opt{i}.{pid}.{k}"] = torch.as_tensor(v)
     for rank in (0, 1):
         state[f"noise{rank}"] = torch.load(ckpt / f"dcgan_rank{rank}.pt", weights_only=False)["noise"]
+    if (ckpt / "custom_checkpoint_0.pkl").is_file():  # the EMA of G
+        ema = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
+        state.update({f"ema.{k}": v for k, v in ema.items() if ".num_batches_tracked" not in k})
+    state.update({f"sampler.{k}": v for k, v in load_file(ckpt / "generator.safetensors").items()})
     state["meta"] = read_json(ckpt / "meta.json")
     return state
 
 
-def test_golden_resume_is_bit_identical(tmp_path):
-    """10 steps straight == 5 steps, stop, resume, 5 more: parameters, BN buffers, Adam state, noise.
+# Every stabiliser that draws random numbers or keeps state: DiffAugment and label noise draw from
+# the checkpointed noise generator, the EMA is checkpointed, the schedule follows the image count.
+# (Not cosine here: it decays towards train.kimg, which the first half of the split run sets lower.)
+STABILISERS = ["augment.policy=color,translation,cutout", "loss.kind=lsgan", "loss.real_label=0.9",
+               "loss.label_flip=0.2", "optim.schedule=exp", "optim.half_life_kimg=0.05", "model.num_classes=10", "model.d_spectral=true"]
+
+
+@pytest.mark.parametrize("extra", [[], STABILISERS], ids=["default", "stabilisers+conditional"])
+def test_golden_resume_is_bit_identical(tmp_path, extra):
+    """10 steps straight == 5 steps, stop, resume, 5 more: parameters, BN buffers, Adam state, noise,
+    the EMA of G and the sampled generator.
 
     5 is odd on purpose: with 2 data workers the resumed loader must start at the second worker.
     """
     straight, split = tmp_path / "straight", tmp_path / "split"
-    launch(CONFIG, TINY + [f"run.dir={straight}", "train.kimg=0.16"])
-    launch(CONFIG, TINY + [f"run.dir={split}", "train.kimg=0.08"])
-    proc = launch(CONFIG, TINY + [f"run.dir={split}", "train.kimg=0.16", "resume=auto"])
+    launch(CONFIG, TINY + extra + [f"run.dir={straight}", "train.kimg=0.16"])
+    launch(CONFIG, TINY + extra + [f"run.dir={split}", "train.kimg=0.08"])
+    proc = launch(CONFIG, TINY + extra + [f"run.dir={split}", "train.kimg=0.16", "resume=auto"])
     assert "resumed from" in proc.stderr and "world size 2" in proc.stderr
 
     a, b = _final_state(straight), _final_state(split)
@@ -95,6 +114,7 @@ def test_golden_resume_is_bit_identical(tmp_path):
     assert a["meta"]["param_digests"] == b["meta"]["param_digests"]
     tensors = [k for k in a if k != "meta"]
     assert set(tensors) == {k for k in b if k != "meta"} and len(tensors) > 40
+    assert any(k.startswith("ema.") for k in tensors)  # EMA is on by default
     mismatched = [k for k in tensors if not torch.equal(a[k], b[k])]
     assert not mismatched, f"differ after resume: {mismatched[:10]}"
 
@@ -159,3 +179,14 @@ def test_bf16_autocast_on_two_cpu_processes(tmp_path):
     assert meta["world_size"] == 2 and meta["param_digests"][0] == meta["param_digests"][1]
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert stats and all(math.isfinite(s["Loss/D"]) and math.isfinite(s["Loss/G"]) for s in stats)
+
+
+def test_conditional_model_must_match_the_data_classes(tmp_path):
+    """The embedded digits have 10 classes: model.num_classes=3 stops at start-up, naming the fix."""
+    proc = subprocess.run(launch_cmd(CONFIG, TINY + [f"run.dir={tmp_path / 'run'}", "model.num_classes=3"]),
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "model.num_classes=3 but the shards have 10 classes" in proc.stderr
+    # A clean exit 2 from the trainer (the launcher adds its own traceback for any non-zero child).
+    assert "set model.num_classes=10" in proc.stderr and 'dcgan_dist/train.py", line' not in proc.stderr
+    assert read_json(tmp_path / "run" / "status.json")["state"] == "failed"
