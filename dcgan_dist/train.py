@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"removed an interrupted checkpoint save: {stale}", file=sys.stderr)
     accelerator.wait_for_everyone()
     tracking.setup_logging(run_dir, accelerator.is_main_process, accelerator.process_index)
-    tracker = None
+    tracker = batches = None
     try:
         if cfg.train.batch % accelerator.num_processes:
             raise ConfigError(f"train.batch={cfg.train.batch} is the global batch and must divide by the "
@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         stop = runtime.StopRequest(accelerator.num_processes)  # before the loader forks its workers
         fixed_labels, grid_row = grid_labels(m.num_classes, cfg.train.sample_grid)
         n_grid = cfg.train.sample_grid if fixed_labels is None else len(fixed_labels)
+        batches = iter(loader)
         state = LoopState(
-            cfg=cfg, accelerator=accelerator, G=G, D=D, opt_g=opt_g, opt_d=opt_d, batches=iter(loader),
+            cfg=cfg, accelerator=accelerator, G=G, D=D, opt_g=opt_g, opt_d=opt_d, batches=batches,
             noise=noise, fixed_z=torch.randn(n_grid, m.z_dim, generator=torch.Generator().manual_seed(cfg.seed)),
             fixed_labels=fixed_labels, grid_row=grid_row, ema=ema,
             class_probs=shards.index.class_counts if shards.index and m.num_classes else None,
@@ -214,9 +215,18 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.is_main_process:
             tracking.write_status(run_dir, "failed", error=str(e))
         return 2 if isinstance(e, USER_ERRORS) else 1
+    except BaseException as e:  # a bug or a crash: record it for `report`/Slurm, then show the traceback
+        if accelerator.is_main_process:
+            tracking.write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
     finally:
         if tracker:
             tracker.close()
+        # The loader's workers ignore SIGTERM (see data/stream.py), so after an unexpected exception the
+        # interpreter's exit would wait for them forever while the other ranks wait in a collective:
+        # tell them to stop now, on every exit path.
+        if hasattr(batches, "_shutdown_workers"):
+            batches._shutdown_workers()
     # Drop every reference to the prepared objects before the process group ends (see runtime.shutdown).
     del state, G, D, opt_g, opt_d, loader
     runtime.shutdown(accelerator)
