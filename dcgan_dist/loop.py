@@ -41,12 +41,14 @@ def to_unit_range(images_u8: torch.Tensor, device: torch.device, dtype: torch.dt
 
 
 def grid_labels(num_classes: int, grid: int) -> tuple[Optional[torch.Tensor], int]:
-    """The sample grid's class labels and images per row: one row per class for a conditional G
-    (`grid` rounded down to whole rows, at least one image per class); None and sqrt(grid) otherwise."""
+    """The sample grid's class labels and images per row. Unconditional: None and sqrt(grid). Conditional:
+    each class fills whole rows, classes top to bottom (10 classes in 100 images: a row each; 2 classes
+    in 64: four rows of 8 each), at least one row per class."""
+    cols = max(1, int(math.sqrt(grid)))
     if not num_classes:
-        return None, max(1, int(math.sqrt(grid)))
-    per_class = max(1, grid // num_classes)
-    return torch.arange(num_classes).repeat_interleave(per_class), per_class
+        return None, cols
+    per_class = max(cols, (grid // num_classes) // cols * cols)
+    return torch.arange(num_classes).repeat_interleave(per_class), cols
 
 
 @dataclass

@@ -186,3 +186,15 @@ def test_diversity_falls_to_zero_for_a_collapsed_batch():
     # Pixel-scale: the same images at another resolution give a similar value.
     small = torch.nn.functional.avg_pool2d(varied, 4)
     assert diversity(small) == pytest.approx(diversity(varied).item(), rel=1e-5)
+
+
+def test_conditional_grid_gives_each_class_whole_rows():
+    from dcgan_dist.loop import grid_labels
+
+    labels, cols = grid_labels(10, 100)
+    assert cols == 10 and labels.view(10, 10).T.eq(torch.arange(10)).all()  # row r is class r
+    labels, cols = grid_labels(2, 64)
+    assert cols == 8 and labels.view(8, 8)[:4].eq(0).all() and labels.view(8, 8)[4:].eq(1).all()
+    labels, cols = grid_labels(10, 64)  # too few images for the classes: one row each
+    assert cols == 8 and len(labels) == 80
+    assert grid_labels(0, 64) == (None, 8)
