@@ -8,7 +8,7 @@ shards hold) and the same decode result (uint8 C x H x W):
     loader    img/s of `stream.make_loader` over shards written with `shards.write_shards`
     folder    img/s of a map-style Dataset over a folder of the same PNG files + DataLoader (same
               workers, batch and prefetch; shuffle=True), decoded with PIL exactly as `stream.decode` does
-    train     img/s of `loop.train_step` for the standard DCGAN at RES (z 100, widths 64) under a
+    train     img/s of `step.GANStep` (the plain DCGAN step: no EMA, no DiffAugment) for the standard DCGAN at RES (z 100, widths 64) under a
               single-process `Accelerator(cpu=True)`, fed one fixed batch (no data loading);
               fp32, plus bf16 with --bf16
 
@@ -51,7 +51,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from dcgan_dist.data import stream
 from dcgan_dist.data.shards import encode_png, write_shards
-from dcgan_dist.loop import to_unit_range, train_step
+from dcgan_dist import config as config_mod
+from dcgan_dist.loop import to_unit_range
+from dcgan_dist.step import GANStep
 from dcgan_dist.models import build_models, count_params, stage_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,11 +262,14 @@ def main(argv: list[str] | None = None) -> int:
             opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
             G, D, opt_g, opt_d = acc.prepare(G, D, opt_g, opt_d)
             noise = torch.Generator().manual_seed(0)
+            # The plain DCGAN step (no EMA, no DiffAugment): what every configuration pays at least.
+            cfg = config_mod.load(None, [f"train.batch={batch}", "loss.real_label=0.9", "ema.half_life_kimg=0"])
+            gan_step = GANStep(cfg, acc, G, D, opt_g, opt_d, noise)
 
-            def step(acc=acc, G=G, D=D, opt_g=opt_g, opt_d=opt_d, noise=noise) -> int:
+            def step(acc=acc, gan_step=gan_step, noise=noise) -> int:
                 # One iteration of Loop.run without `next(batches)`.
                 z = torch.randn(batch, Z_DIM, generator=noise).to(acc.device)
-                stats = train_step(acc, G, D, opt_g, opt_d, to_unit_range(fixed_u8, acc.device), z, 0.9)
+                stats = gan_step(to_unit_range(fixed_u8, acc.device), z, None, batch)
                 assert torch.isfinite(stats).all()
                 return batch
 
