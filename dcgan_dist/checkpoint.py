@@ -2,8 +2,9 @@
 
 A checkpoint is `RUN/checkpoints/<kimg>/` (e.g. `000012.800/`) holding what
 `accelerator.save_state` writes (both models, both optimizers, the grad scaler, each rank's RNG
-states) plus one `dcgan_rank<r>.pt` per rank (its noise generator), `generator.safetensors` (G
-alone, for sampling and evaluation) and `meta.json` (image counter, data position, architecture,
+states, and the EMA of G as `custom_checkpoint_0.pkl` when enabled) plus one `dcgan_rank<r>.pt` per
+rank (its noise generator), `generator.safetensors` (the generator to sample from — the EMA when
+enabled, else G — alone, for sampling and evaluation) and `meta.json` (image counter, data position, architecture,
 config, a digest of each rank's parameters).
 
 Atomicity: every rank writes into `checkpoints/.tmp-<kimg>/`; only after all ranks are done does
