@@ -64,13 +64,13 @@ class LoopState:
     batches: Iterator[dict]
     noise: torch.Generator  # this rank's latent generator (CPU; its state is checkpointed per rank)
     fixed_z: torch.Tensor  # the sample grid's latents, the same for the whole run
-    fixed_labels: Optional[torch.Tensor]  # their classes (conditional G), one row per class
-    grid_row: int  # images per row of the sample grid
     progress: Progress
     stop: StopRequest
     tracker: Optional[Tracker]  # rank zero only
     meta: dict  # architecture, config and data layout stored in every checkpoint
     dataset_size: Optional[int] = None
+    fixed_labels: Optional[torch.Tensor] = None  # the grid's classes (conditional G): whole rows per class
+    grid_row: Optional[int] = None  # images per row of the sample grid (default: square)
     dtype: torch.dtype = torch.float32  # the models' input dtype (bf16/fp16 under DeepSpeed mixed precision)
     fid: Optional[tuple] = None  # (extractor, reference statistics) when eval.every_kimg > 0
     ema: Optional[GeneratorEMA] = None  # the averaged G used for samples and FID (ema.half_life_kimg > 0)

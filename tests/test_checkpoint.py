@@ -125,7 +125,7 @@ def test_non_finite_losses_stop_training_without_saving(tmp_path, accelerator):
                       noise=torch.Generator(), fixed_z=torch.zeros(1, 16), progress=Progress(320, 20), stop=None,
                       tracker=None, meta={}, last_checkpoint="runs/x/checkpoints/000000.256")
     loop = Loop(state)
-    loop.stats.add(torch.tensor([math.nan, 1.0, 0.5, 0.5]))
+    loop.stats.add(torch.tensor([math.nan, 1.0, 0.5, 0.5, 0.0, 0.3, 0.4]))  # STEP_STATS order
     with pytest.raises(TrainingDiverged, match=r"Loss/D=nan.*000000\.256.*resume=auto"):
         loop.report()
     assert checkpoint.complete_checkpoints(tmp_path) == []
