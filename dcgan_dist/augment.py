@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-POLICIES = ("color", "translation", "cutout")
+from .config import AUGMENTS as POLICIES  # the names augment.policy accepts, listed once
 
 
 def _uniform(n: int, gen: Optional[torch.Generator], like: Tensor) -> Tensor:

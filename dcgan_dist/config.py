@@ -242,6 +242,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
+# The accepted values, listed once (losses.D_LOSSES and augment.DiffAugment use the same names).
 LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
 SCHEDULES = ("constant", "exp", "cosine")
 AUGMENTS = ("color", "translation", "cutout")

@@ -18,9 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KINDS = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
-
-
 def d_targets(n_real: int, n_fake: int, real_label: float = 1.0, flip: float = 0.0,
               generator: Optional[torch.Generator] = None, device=None) -> tuple[Tensor, Tensor]:
     """Per-sample D targets: `real_label` for reals (< 1 is one-sided smoothing, Salimans et al. 2016),
@@ -79,6 +76,7 @@ def g_wasserstein(fake: Tensor) -> Tensor:
     return -fake.float().mean()
 
 
+# Keyed by the loss.kind values config.LOSSES lists.
 D_LOSSES: dict[str, Callable[..., Tensor]] = {
     "nonsaturating": d_nonsaturating, "lsgan": d_lsgan, "hinge": d_hinge, "wgan-gp": d_wasserstein}
 G_LOSSES: dict[str, Callable[[Tensor], Tensor]] = {
@@ -121,6 +119,6 @@ def g_loss_nonsaturating(fake_logits: Tensor) -> Tensor:
     return g_nonsaturating(fake_logits)
 
 
-__all__ = ["KINDS", "D_LOSSES", "G_LOSSES", "d_targets", "gradient_penalty", "d_nonsaturating", "d_lsgan",
+__all__ = ["D_LOSSES", "G_LOSSES", "d_targets", "gradient_penalty", "d_nonsaturating", "d_lsgan",
            "d_hinge", "d_wasserstein", "g_nonsaturating", "g_lsgan", "g_wasserstein",
            "d_loss_nonsaturating", "g_loss_nonsaturating"]

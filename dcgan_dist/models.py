@@ -220,12 +220,6 @@ def build_models(
     return generator, discriminator
 
 
-def generator_from_arch(arch: dict) -> Generator:
-    """An (uninitialised-weights) generator of the shape an ``arch_signature`` describes, for loading."""
-    return Generator(arch["resolution"], arch["channels"], arch["z_dim"], arch["g_width"],
-                     arch.get("max_channels", 1024), arch.get("num_classes", 0))
-
-
 def arch_signature(
     resolution: int,
     channels: int,
@@ -269,7 +263,6 @@ __all__ = [
     "build_models",
     "count_params",
     "D_NORMS",
-    "generator_from_arch",
     "init_weights",
     "stage_plan",
 ]

@@ -52,9 +52,6 @@ class GANStep:
                                    cfg.augment.cutout, generator=noise)
         self.global_batch = cfg.train.batch
 
-    def _aug(self, x: torch.Tensor) -> torch.Tensor:
-        return self.augment(x) if self.augment else x
-
     def __call__(self, real: torch.Tensor, z: torch.Tensor, labels: Optional[torch.Tensor], nimg_after: int) -> torch.Tensor:
         G, D = self.G, self.D
         y = labels if self.conditional else None  # fakes are drawn for the real batch's classes
@@ -63,7 +60,7 @@ class GANStep:
         # D step: two forwards (each batch gets its own BatchNorm statistics), one backward, so DDP
         # reduces D's gradients once for all terms, the gradient penalty included.
         fake = G(z, *cond)
-        real_in, fake_in = self._aug(real), self._aug(fake.detach())
+        real_in, fake_in = self.augment(real), self.augment(fake.detach())
         real_out = D(real_in, *cond)
         fake_out = D(fake_in, *cond)
         real_t = fake_t = None
@@ -79,7 +76,7 @@ class GANStep:
 
         # G step through a frozen D: no gradients for D's weights, hence no all-reduce of them.
         D.requires_grad_(False)
-        loss_g = self.g_loss(D(self._aug(fake), *cond))
+        loss_g = self.g_loss(D(self.augment(fake), *cond))
         engines.update(self.accelerator, G, self.opt_g, loss_g)
         D.requires_grad_(True)
         if self.ema is not None:
