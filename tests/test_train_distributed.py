@@ -186,6 +186,7 @@ def test_conditional_model_must_match_the_data_classes(tmp_path):
     proc = subprocess.run(launch_cmd(CONFIG, TINY + [f"run.dir={tmp_path / 'run'}", "model.num_classes=3"]),
                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
+    assert "world size 2" in proc.stderr
     assert "model.num_classes=3 but the shards have 10 classes" in proc.stderr
     # A clean exit 2 from the trainer (the launcher adds its own traceback for any non-zero child).
     assert "set model.num_classes=10" in proc.stderr and 'dcgan_dist/train.py", line' not in proc.stderr
