@@ -63,6 +63,18 @@ def is_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def graph_module(accelerator, model):
+    """The module to run for a gradient that is not a training backward (the WGAN-GP input gradient).
+
+    A DeepSpeed engine's forward hooks its outputs so that *any* backward through them ends with the
+    engine's gradient reduction; an input-gradient `autograd.grad` would trigger it halfway through
+    the D step (ZeRO then fails with an IndexError in its buckets). The engine's inner module builds
+    the same graph without the hooks, and the step's one `engine.backward` still reduces every
+    weight gradient, the penalty's included. DDP needs no such detour (its reducer hooks the weights'
+    gradient accumulation, which `autograd.grad` with respect to the input never reaches)."""
+    return model.module if is_deepspeed(accelerator) else model
+
+
 def prepare(accelerator, G, D, opt_g, opt_d, precision: str | None):
     """Wrap the models for the chosen backend; returns (G, D, opt_g, opt_d, compute dtype of inputs)."""
     if not is_deepspeed(accelerator):

@@ -90,8 +90,8 @@ def gradient_penalty(D: Callable[..., Tensor], real: Tensor, fake: Tensor, label
 
     The input gradient is taken with `create_graph=True`, so the penalty's own backward reaches D's
     weights. Under DDP that backward runs through the wrapped D's autograd graph, whose gradient
-    hooks all-reduce D's weight gradients like any other loss term (tests/test_losses_ddp.py
-    checks it with two processes)."""
+    hooks all-reduce D's weight gradients like any other loss term (tests/test_losses.py checks it
+    with two processes); under DeepSpeed pass the engine's inner module (`engines.graph_module`)."""
     eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device, real.dtype)
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = D(x_hat) if labels is None else D(x_hat, labels)

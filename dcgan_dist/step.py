@@ -70,7 +70,7 @@ class GANStep:
         loss_d = self.d_loss(real_out, fake_out, real_t, fake_t)
         gp = torch.zeros((), device=loss_d.device)
         if self.gp_weight > 0:
-            gp = gradient_penalty(D, real_in, fake_in, y, self.noise)
+            gp = gradient_penalty(engines.graph_module(self.accelerator, D), real_in, fake_in, y, self.noise)
             loss_d = loss_d + self.gp_weight * gp
         engines.update(self.accelerator, D, self.opt_d, loss_d)
 

@@ -76,9 +76,14 @@ def test_zero2_trains_on_two_processes_and_resumes_exactly(tmp_path):
     assert (straight / "samples" / "fakes_000000.128.png").is_file()
 
 
-def test_zero1_trains_on_two_processes(tmp_path):
-    proc = ds_launch(1, [f"run.dir={tmp_path}", "train.kimg=0.064"])
+def test_zero1_trains_wgan_gp_on_two_processes(tmp_path):
+    # WGAN-GP is the hardest case for an engine: the penalty's double backward runs through D's
+    # engine, and D's gradients must still be reduced across ranks (else the ranks' D would drift apart).
+    proc = ds_launch(1, [f"run.dir={tmp_path}", "train.kimg=0.064", "loss.kind=wgan-gp", "model.d_norm=layer",
+                         "loss.real_label=1.0"])
     assert "world size 2 (DistributedType.DEEPSPEED)" in proc.stderr
     meta = read_json(newest_checkpoint(tmp_path) / "meta.json")
     assert meta["world_size"] == 2 and meta["param_digests"][0] == meta["param_digests"][1]
     assert read_json(tmp_path / "status.json")["state"] == "complete"
+    stats = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert stats and all(math.isfinite(s["Loss/GP"]) and s["Loss/GP"] > 0 for s in stats)
