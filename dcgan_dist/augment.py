@@ -10,9 +10,11 @@ Policies, as in the reference implementation (images in [-1, 1], N x C x H x W):
   translation  random shift of up to `translation` x side in x and y, zero (mid-grey) filled
   cutout       one zeroed square of `cutout` x side at a random place
 
-Random parameters are drawn from a CPU `torch.Generator` (the rank's noise generator, which
-checkpoints save), so an augmented run is reproducible and resumes exactly; only a few numbers
-per sample cross to the device.
+Random parameters are drawn on the images' device from a `torch.Generator` on that device (the
+rank's noise generator, which checkpoints save), so an augmented run is reproducible and resumes
+exactly, and nothing is built on the host: a host-drawn parameter copied to a GPU would make the
+host wait for the device, three times per step. Translation and cutout are written as gathers and
+comparisons against index grids cached per shape, with no data-dependent shapes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ from .config import AUGMENTS as POLICIES  # the names augment.policy accepts, li
 
 
 def _uniform(n: int, gen: Optional[torch.Generator], like: Tensor) -> Tensor:
-    return torch.rand(n, 1, 1, 1, generator=gen).to(like.device, like.dtype)
+    return torch.rand(n, 1, 1, 1, generator=gen, device=like.device).to(like.dtype)
+
+
+def _randint(low: int, high: int, n: int, gen: Optional[torch.Generator], like: Tensor) -> Tensor:
+    return torch.randint(low, high, (n, 1, 1), generator=gen, device=like.device)
 
 
 def color(x: Tensor, gen: Optional[torch.Generator] = None) -> Tensor:
@@ -39,17 +45,25 @@ def color(x: Tensor, gen: Optional[torch.Generator] = None) -> Tensor:
     return (x - mean) * (_uniform(n, gen, x) + 0.5) + mean  # contrast
 
 
+_GRIDS: dict = {}  # (n, h, w, device) -> index grids; a training run uses one or two shapes
+
+
 def _grids(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     n, _, h, w = x.shape
-    return torch.meshgrid(torch.arange(n, device=x.device), torch.arange(h, device=x.device),
-                          torch.arange(w, device=x.device), indexing="ij")
+    key = (n, h, w, x.device)
+    if key not in _GRIDS:
+        if len(_GRIDS) > 16:
+            _GRIDS.clear()
+        _GRIDS[key] = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(h, device=x.device),
+                                     torch.arange(w, device=x.device), indexing="ij")
+    return _GRIDS[key]
 
 
 def translation(x: Tensor, ratio: float = 0.125, gen: Optional[torch.Generator] = None) -> Tensor:
     n, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ty = torch.randint(-sh, sh + 1, (n, 1, 1), generator=gen).to(x.device)
-    tx = torch.randint(-sw, sw + 1, (n, 1, 1), generator=gen).to(x.device)
+    ty = _randint(-sh, sh + 1, n, gen, x)
+    tx = _randint(-sw, sw + 1, n, gen, x)
     gb, gy, gx = _grids(x)
     # Index into a 1-pixel zero border: shifted-out positions clamp onto it.
     gy = torch.clamp(gy + ty + 1, 0, h + 1)
@@ -59,17 +73,21 @@ def translation(x: Tensor, ratio: float = 0.125, gen: Optional[torch.Generator] 
 
 
 def cutout(x: Tensor, ratio: float = 0.5, gen: Optional[torch.Generator] = None) -> Tensor:
+    """Zero a `ratio` x side square centred at a random pixel, clipped at the borders. The square's
+    rows are the interval [oy - ch//2, oy - ch//2 + ch - 1] intersected with the image (the
+    reference implementation clamps indices onto the border, which zeroes the same pixels), so
+    the mask is two interval comparisons: no index_put, no host round trip."""
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    oy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=gen).to(x.device)
-    ox = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=gen).to(x.device)
-    gb, gy, gx = _grids(x)
-    gb, gy, gx = gb[:, :ch, :cw], gy[:, :ch, :cw], gx[:, :ch, :cw]
-    gy = torch.clamp(gy + oy - ch // 2, 0, h - 1)
-    gx = torch.clamp(gx + ox - cw // 2, 0, w - 1)
-    mask = torch.ones(n, h, w, dtype=x.dtype, device=x.device)
-    mask[gb, gy, gx] = 0
-    return x * mask.unsqueeze(1)
+    oy = _randint(0, h + (1 - ch % 2), n, gen, x).view(n, 1)
+    ox = _randint(0, w + (1 - cw % 2), n, gen, x).view(n, 1)
+    _, gy, gx = _grids(x)
+    ys, xs = gy[0, :, 0].view(1, h), gx[0, 0, :].view(1, w)
+    top, left = oy - ch // 2, ox - cw // 2
+    in_y = (ys >= top) & (ys < top + ch)  # n x h
+    in_x = (xs >= left) & (xs < left + cw)  # n x w
+    keep = ~(in_y.unsqueeze(2) & in_x.unsqueeze(1))  # n x h x w
+    return x * keep.unsqueeze(1).to(x.dtype)
 
 
 class DiffAugment:

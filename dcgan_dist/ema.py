@@ -50,8 +50,14 @@ class GeneratorEMA(nn.Module):
     def update(self, G: nn.Module, nimg: int, batch: int) -> float:
         """Move the average towards G's current weights; returns the beta used."""
         beta = ema_beta(batch, nimg, self.half_life_kimg, self.rampup)
-        for p_ema, p in zip(self.module.parameters(), G.parameters(), strict=True):
-            p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - beta)
+        ema_params = list(self.module.parameters())
+        params = [p.detach() for p in G.parameters()]
+        if len(params) != len(ema_params):
+            raise ValueError(f"EMA holds {len(ema_params)} parameters but G has {len(params)}")
+        if params[0].dtype != ema_params[0].dtype:  # DeepSpeed bf16/fp16 G: the average stays fp32
+            params = [p.to(ema_params[0].dtype) for p in params]
+        # One fused multi-tensor op instead of a Python loop of one kernel per tensor (host cost).
+        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
         return beta
 
     @torch.no_grad()

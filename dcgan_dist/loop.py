@@ -62,7 +62,7 @@ class LoopState:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     batches: Iterator[dict]
-    noise: torch.Generator  # this rank's latent generator (CPU; its state is checkpointed per rank)
+    noise: torch.Generator  # this rank's generator on the training device (its state is checkpointed per rank)
     fixed_z: torch.Tensor  # the sample grid's latents, the same for the whole run
     progress: Progress
     stop: StopRequest
@@ -85,6 +85,7 @@ class Loop:
         cfg = s.cfg
         self.global_batch = cfg.train.batch
         self.batch_per_rank = cfg.train.batch // s.accelerator.num_processes
+        self.z_dim = cfg.model.z_dim
         self.total_nimg = int(round(cfg.train.kimg * 1000))
         self.tick_nimg = max(1, int(round(cfg.train.tick_kimg * 1000)))
         self.sample_nimg = max(1, int(round(cfg.train.sample_every_kimg * 1000)))
@@ -104,8 +105,7 @@ class Loop:
 
     def run(self) -> str:
         """Train until `train.kimg` or a stop signal; returns 'complete' or 'stopped'."""
-        s, device = self.s, self.s.accelerator.device
-        z_dim = s.cfg.model.z_dim
+        s = self.s
         next_tick = self.tick_start_nimg + self.tick_nimg
         if s.progress.nimg == 0:
             self.sample_grid()  # the untrained generator: the first frame of the progress animation
@@ -115,21 +115,27 @@ class Loop:
                             s.stop.signame or "signal on another rank", s.progress.nimg / 1000)
                 self.maintenance(final=True, stopping=True)
                 return "stopped"
-            batch = next(s.batches)
-            z = torch.randn(self.batch_per_rank, z_dim, generator=s.noise).to(device, s.dtype, non_blocking=True)
-            real = to_unit_range(batch["image"], device, s.dtype)
-            labels = batch["label"].to(device, non_blocking=True) if self.step.conditional else None
-            apply_schedule(s.cfg, s.opt_g, s.opt_d, s.progress.nimg)
-            self.stats.add(self.step(real, z, labels, s.progress.nimg + self.global_batch), batch["bad"])
-            s.progress.nimg += self.global_batch
-            s.progress.step += 1
-            if s.tracker:
-                s.tracker.step(self.global_batch)
+            self.train_step(next(s.batches))
             if s.progress.nimg >= next_tick and s.progress.nimg < self.total_nimg:
                 self.maintenance()
                 next_tick = s.progress.nimg + self.tick_nimg
         self.maintenance(final=True)
         return "complete"
+
+    def train_step(self, batch: dict) -> None:
+        """One step on one batch. Nothing here waits for the device: the batch's (pinned) uint8 images
+        go over with non_blocking, the latents are drawn on the device from the rank's generator and
+        the statistics stay there until the tick's reduction."""
+        s, device = self.s, self.s.accelerator.device
+        z = torch.randn(self.batch_per_rank, self.z_dim, generator=s.noise, device=device).to(s.dtype)
+        real = to_unit_range(batch["image"], device, s.dtype)
+        labels = batch["label"].to(device, non_blocking=True) if self.step.conditional else None
+        apply_schedule(s.cfg, s.opt_g, s.opt_d, s.progress.nimg)
+        self.stats.add(self.step(real, z, labels, s.progress.nimg + self.global_batch), batch["bad"])
+        s.progress.nimg += self.global_batch
+        s.progress.step += 1
+        if s.tracker:
+            s.tracker.step(self.global_batch)
 
     # ---- maintenance at tick boundaries -------------------------------------------------------
 

@@ -21,18 +21,23 @@ from torch import Tensor
 def d_targets(n_real: int, n_fake: int, real_label: float = 1.0, flip: float = 0.0,
               generator: Optional[torch.Generator] = None, device=None) -> tuple[Tensor, Tensor]:
     """Per-sample D targets: `real_label` for reals (< 1 is one-sided smoothing, Salimans et al. 2016),
-    0 for fakes; each target is swapped with probability `flip` (label noise). Draws from `generator`
-    (CPU) only when `flip > 0`, so runs without label noise use no extra randomness."""
+    0 for fakes; each target is swapped with probability `flip` (label noise).
+
+    Built on `device` (the generator's device when not given), never on the host: a host-built
+    target copied to a GPU every step would make the host wait for the device. Draws from
+    `generator` only when `flip > 0`, so runs without label noise use no extra randomness."""
     if not 0.0 < real_label <= 1.0:
         raise ValueError(f"loss.real_label must be in (0, 1], got {real_label!r}")
-    real_t = torch.full((n_real,), float(real_label))
-    fake_t = torch.zeros(n_fake)
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    real_t = torch.full((n_real,), float(real_label), device=device)
+    fake_t = torch.zeros(n_fake, device=device)
     if flip > 0:
-        swap_real = torch.rand(n_real, generator=generator) < flip
-        swap_fake = torch.rand(n_fake, generator=generator) < flip
-        real_t = torch.where(swap_real, torch.zeros_like(real_t), real_t)
-        fake_t = torch.where(swap_fake, torch.full_like(fake_t, float(real_label)), fake_t)
-    return real_t.to(device), fake_t.to(device)
+        swap_real = torch.rand(n_real, generator=generator, device=device) < flip
+        swap_fake = torch.rand(n_fake, generator=generator, device=device) < flip
+        real_t = torch.where(swap_real, 0.0, real_t)
+        fake_t = torch.where(swap_fake, float(real_label), fake_t)
+    return real_t, fake_t
 
 
 # ---- discriminator losses: (real outputs, fake outputs, real targets, fake targets) -> scalar ----------
@@ -86,13 +91,14 @@ G_LOSSES: dict[str, Callable[[Tensor], Tensor]] = {
 def gradient_penalty(D: Callable[..., Tensor], real: Tensor, fake: Tensor, labels: Optional[Tensor] = None,
                      generator: Optional[torch.Generator] = None) -> Tensor:
     """WGAN-GP penalty (Gulrajani et al., 2017): E[(||grad_x D(x_hat)||_2 - 1)^2] on random
-    interpolates x_hat = e x + (1 - e) G(z), e ~ U[0, 1] per sample (drawn on the CPU `generator`).
+    interpolates x_hat = e x + (1 - e) G(z), e ~ U[0, 1] per sample, drawn from `generator` on the
+    images' device (the rank's noise generator lives on the training device).
 
     The input gradient is taken with `create_graph=True`, so the penalty's own backward reaches D's
     weights. Under DDP that backward runs through the wrapped D's autograd graph, whose gradient
     hooks all-reduce D's weight gradients like any other loss term (tests/test_losses.py checks it
     with two processes); under DeepSpeed pass the engine's inner module (`engines.graph_module`)."""
-    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device, real.dtype)
+    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=real.device).to(real.dtype)
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = D(x_hat) if labels is None else D(x_hat, labels)
     (grad,) = torch.autograd.grad(out.float().sum(), x_hat, create_graph=True)

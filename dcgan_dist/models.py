@@ -99,6 +99,8 @@ class Generator(nn.Module):
         # `main` matches the PyTorch example's attribute name, so state_dict keys line up.
         self.main = nn.Sequential(*layers)
         self.apply(init_weights)
+        if num_classes:  # one-hot rows by lookup: F.one_hot checks the labels' range on the host (a sync)
+            self.register_buffer("class_eye", torch.eye(num_classes), persistent=False)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Generate images ``(N, channels, R, R)`` from ``z`` of shape ``(N, z_dim)`` or ``(N, z_dim, 1, 1)``
@@ -110,7 +112,7 @@ class Generator(nn.Module):
                 f"expected z of shape (N, {self.z_dim}) or (N, {self.z_dim}, 1, 1), got {tuple(z.shape)}"
             )
         if self.num_classes:
-            onehot = F.one_hot(_check_labels(labels, z.shape[0], self.num_classes), self.num_classes)
+            onehot = self.class_eye[_check_labels(labels, z.shape[0], self.num_classes)]
             z = torch.cat([z, onehot.to(z.dtype)[:, :, None, None]], dim=1)
         elif labels is not None:
             raise ValueError("labels given to an unconditional generator (model.num_classes=0)")

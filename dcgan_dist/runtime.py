@@ -62,6 +62,25 @@ def make_accelerator(cfg: Config) -> tuple[Accelerator, str]:
     return accelerator, precision
 
 
+def noise_generator(seed: int, accelerator) -> torch.Generator:
+    """This rank's generator for every per-step draw (latents, DiffAugment, label noise, the penalty's
+    interpolation), on the training device so that no draw is made on the host and copied over.
+    Seeded per rank (set_seed seeds every rank alike); its state goes into each checkpoint per rank."""
+    return torch.Generator(device=accelerator.device).manual_seed(seed * 65_536 + 1 + accelerator.process_index)
+
+
+def restore_noise(noise: torch.Generator, state: torch.Tensor, checkpoint) -> None:
+    """Set the rank's generator from a checkpoint. A state from another kind of device (a CPU run
+    resumed on a GPU: Mersenne Twister vs Philox) cannot be set; training then continues correctly
+    with the freshly seeded generator, which only loses the bit-exact replay of the noise."""
+    try:
+        noise.set_state(state)
+    except RuntimeError as e:
+        log.warning("the noise generator state in %s is for another device than %s (%s): continuing with a "
+                    "freshly seeded one, so the resumed run draws different noise than an uninterrupted one",
+                    checkpoint, noise.device, e)
+
+
 class StopRequest:
     """SIGTERM / SIGUSR1 ask for a checkpoint at the next step boundary and a clean exit.
 

@@ -4,6 +4,13 @@ Everything a step needs that the config decides — the loss pair, targets with 
 label noise, the gradient penalty, DiffAugment, the EMA of G — is fixed once in `GANStep`, so
 the step itself reads as the algorithm. It returns detached statistics (no host sync) that the
 loop sums on the device and reduces once per tick.
+
+Written for a GPU, where a 64x64 DCGAN step is far under a millisecond of arithmetic and the host
+sets the pace: nothing in the step waits for the device. Every random draw (DiffAugment, label
+noise, the penalty's interpolation) comes from the rank's noise generator on the training device,
+targets are built there (once, when they do not change), and there is no `.item()`, no `.cpu()`
+and no Python branch on a device value. tests/test_sync_free.py proves it on CPU (and under
+`torch.cuda.set_sync_debug_mode("error")` where a GPU is present).
 """
 
 from __future__ import annotations
@@ -51,9 +58,21 @@ class GANStep:
         self.augment = DiffAugment(augment_policy(cfg.augment.policy), cfg.augment.translation,
                                    cfg.augment.cutout, generator=noise)
         self.global_batch = cfg.train.batch
+        self._targets: dict = {}  # (n_real, n_fake, device) -> constant targets, when there is no label noise
+        # The modules the training forwards run: compiled wrappers when train.compile is on (see
+        # `compile_models`); the penalty's double backward and everything else use the plain ones.
+        self.G_run, self.D_run = G, D
+
+    def targets(self, n_real: int, n_fake: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.flip > 0:  # label noise: fresh targets every step, drawn on the device
+            return d_targets(n_real, n_fake, self.real_label, self.flip, self.noise, device=device)
+        key = (n_real, n_fake, device)
+        if key not in self._targets:
+            self._targets[key] = d_targets(n_real, n_fake, self.real_label, device=device)
+        return self._targets[key]
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, labels: Optional[torch.Tensor], nimg_after: int) -> torch.Tensor:
-        G, D = self.G, self.D
+        G, D = self.G_run, self.D_run
         y = labels if self.conditional else None  # fakes are drawn for the real batch's classes
         cond = () if y is None else (y,)
 
@@ -65,20 +84,19 @@ class GANStep:
         fake_out = D(fake_in, *cond)
         real_t = fake_t = None
         if self.kind in ("nonsaturating", "lsgan"):
-            real_t, fake_t = d_targets(real.shape[0], fake.shape[0], self.real_label, self.flip, self.noise,
-                                       device=real_out.device)
+            real_t, fake_t = self.targets(real.shape[0], fake.shape[0], real_out.device)
         loss_d = self.d_loss(real_out, fake_out, real_t, fake_t)
-        gp = torch.zeros((), device=loss_d.device)
-        if self.gp_weight > 0:
-            gp = gradient_penalty(engines.graph_module(self.accelerator, D), real_in, fake_in, y, self.noise)
+        gp = loss_d.new_zeros(())
+        if self.gp_weight > 0:  # double backward: through the plain (not compiled) D
+            gp = gradient_penalty(engines.graph_module(self.accelerator, self.D), real_in, fake_in, y, self.noise)
             loss_d = loss_d + self.gp_weight * gp
-        engines.update(self.accelerator, D, self.opt_d, loss_d)
+        engines.update(self.accelerator, self.D, self.opt_d, loss_d)
 
         # G step through a frozen D: no gradients for D's weights, hence no all-reduce of them.
-        D.requires_grad_(False)
+        self.D.requires_grad_(False)
         loss_g = self.g_loss(D(self.augment(fake), *cond))
-        engines.update(self.accelerator, G, self.opt_g, loss_g)
-        D.requires_grad_(True)
+        engines.update(self.accelerator, self.G, self.opt_g, loss_g)
+        self.D.requires_grad_(True)
         if self.ema is not None:
             self.ema.update(self.accelerator.unwrap_model(G), nimg_after, self.global_batch)
 

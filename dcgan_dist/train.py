@@ -139,7 +139,7 @@ def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> Prog
         log.warning("resuming with a different %s than the checkpoint: training continues correctly but does not "
                     "replay the exact data order and noise of an uninterrupted run", changed)
     if rank_state is not None:
-        noise.set_state(rank_state["noise"])
+        runtime.restore_noise(noise, rank_state["noise"], path)
     log.info("resumed from %s at kimg %.3f (step %d)", path, progress.nimg / 1000, progress.step)
     return progress
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         m = cfg.model
         arch = arch_signature(**model_args(cfg))
         G, D, opt_g, opt_d, dtype, ema = build_training(cfg, accelerator, precision)
-        noise = torch.Generator().manual_seed(cfg.seed * 65_536 + 1 + accelerator.process_index)
+        noise = runtime.noise_generator(cfg.seed, accelerator)
         progress = resume(cfg, accelerator, noise, arch)
         shards, loader = build_data(cfg, accelerator, progress)
         fid = build_fid(cfg, accelerator, shards)
