@@ -64,12 +64,16 @@ def translation(x: Tensor, ratio: float = 0.125, gen: Optional[torch.Generator] 
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
     ty = _randint(-sh, sh + 1, n, gen, x)
     tx = _randint(-sw, sw + 1, n, gen, x)
-    gb, gy, gx = _grids(x)
-    # Index into a 1-pixel zero border: shifted-out positions clamp onto it.
-    gy = torch.clamp(gy + ty + 1, 0, h + 1)
-    gx = torch.clamp(gx + tx + 1, 0, w + 1)
-    padded = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1)
-    return padded[gb, gy, gx].permute(0, 3, 1, 2).contiguous()
+    _, gy, gx = _grids(x)
+    c = x.shape[1]
+    # Read from a 1-pixel zero border: shifted-out positions clamp onto it. Two gathers (rows, then
+    # columns) give exactly the pixels of one 3-D advanced index, and their backward is a plain
+    # scatter-add instead of the sorting index_put that advanced indexing differentiates into.
+    rows = torch.clamp(gy[:, :, :1] + ty + 1, 0, h + 1)  # n x h x 1
+    cols = torch.clamp(gx[:, :1, :] + tx + 1, 0, w + 1)  # n x 1 x w
+    padded = F.pad(x, [1, 1, 1, 1])
+    x = padded.gather(2, rows.unsqueeze(1).expand(n, c, h, w + 2))
+    return x.gather(3, cols.unsqueeze(1).expand(n, c, h, w))
 
 
 def cutout(x: Tensor, ratio: float = 0.5, gen: Optional[torch.Generator] = None) -> Tensor:

@@ -91,6 +91,8 @@ class TrainCfg:
     sample_grid: int = opt(64, "number of images in the sample grid (conditional: rounded to whole rows per class)")
     collapse_threshold: float = opt(0.25, "warn of mode collapse when the diversity of generated batches falls below "
                                           "this fraction of the real batches' (Diversity/ratio); 0 = never warn")
+    compile: str = opt("off", "torch.compile G and D for the training step: off | default | reduce-overhead (CUDA "
+                              "graphs on a GPU) | max-autotune | max-autotune-no-cudagraphs; DDP only")
 
 
 @dataclass
@@ -246,6 +248,7 @@ def validate(cfg: Config) -> None:
 LOSSES = ("nonsaturating", "hinge", "lsgan", "wgan-gp")
 SCHEDULES = ("constant", "exp", "cosine")
 AUGMENTS = ("color", "translation", "cutout")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _validate_training_options(cfg: Config, need) -> None:
@@ -279,6 +282,8 @@ def _validate_training_options(cfg: Config, need) -> None:
     need(cfg.ema.half_life_kimg >= 0 and cfg.ema.rampup >= 0 and cfg.ema.bn_batches >= 0,
          "ema.half_life_kimg, ema.rampup and ema.bn_batches must be >= 0")
     need(cfg.train.collapse_threshold >= 0, "train.collapse_threshold must be >= 0 (0 = never warn)")
+    need(cfg.train.compile in COMPILE_MODES,
+         f"train.compile must be one of {', '.join(COMPILE_MODES)} (got {cfg.train.compile!r})")
 
 
 def augment_policy(policy: str) -> list[str]:

@@ -96,6 +96,14 @@ def update(accelerator, model, optimizer, loss: torch.Tensor) -> None:
         model.backward(loss)  # this model's engine, not accelerate's first one
         model.step()  # steps the optimizer and zeroes the gradients
         return
-    accelerator.backward(loss)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    if accelerator.scaler is not None:  # fp16: accelerate's GradScaler (its inf check reads the device: a sync)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return
+    # The same as accelerator.backward + the wrapped optimizer without gradient accumulation, minus
+    # their per-call checks for optional packages (importlib metadata lookups, ~1 ms each on the host).
+    loss.backward()
+    inner = getattr(optimizer, "optimizer", optimizer)
+    inner.step()
+    inner.zero_grad(set_to_none=True)

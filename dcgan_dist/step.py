@@ -15,6 +15,7 @@ and no Python branch on a device value. tests/test_sync_free.py proves it on CPU
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -22,9 +23,11 @@ import torch.nn.functional as F
 
 from . import engines
 from .augment import DiffAugment
-from .config import Config, augment_policy
+from .config import Config, ConfigError, augment_policy
 from .ema import GeneratorEMA
 from .losses import D_LOSSES, G_LOSSES, d_targets, gradient_penalty
+
+log = logging.getLogger("dcgan_dist")
 
 # Names of the statistics a step returns, in order (the loop adds Diversity/ratio per tick).
 STEP_STATS = ("Loss/D", "Loss/G", "D/real", "D/fake", "Loss/GP", "Diversity/fake", "Diversity/real")
@@ -44,6 +47,22 @@ def diversity(images: torch.Tensor) -> torch.Tensor:
     return torch.pdist(x).mean() / x.shape[1] ** 0.5  # per-pixel scale: comparable across resolutions
 
 
+def compiled(accelerator, G, D, mode: str):
+    """torch.compile wrappers of the (DDP-wrapped) G and D for train.compile=MODE, or the modules.
+
+    Compiling the DDP module is what torch supports for DDP (its DDPOptimizer splits the graph at
+    gradient-bucket boundaries so the all-reduce still overlaps the backward). Shapes are static
+    (dynamic=False): the step always sees one batch size. D runs with and without gradients (the G
+    step freezes it), so it holds two graphs."""
+    if mode == "off":
+        return G, D
+    if engines.is_deepspeed(accelerator):
+        raise ConfigError(f"train.compile={mode} is not supported with DeepSpeed engines: use train.compile=off "
+                          "or a DDP launch config")
+    log.info("compiled G and D (torch.compile mode %s): the first steps of a run include compilation", mode)
+    return torch.compile(G, mode=mode, dynamic=False), torch.compile(D, mode=mode, dynamic=False)
+
+
 class GANStep:
     def __init__(self, cfg: Config, accelerator, G, D, opt_g, opt_d, noise: torch.Generator,
                  ema: Optional[GeneratorEMA] = None):
@@ -59,9 +78,11 @@ class GANStep:
                                    cfg.augment.cutout, generator=noise)
         self.global_batch = cfg.train.batch
         self._targets: dict = {}  # (n_real, n_fake, device) -> constant targets, when there is no label noise
-        # The modules the training forwards run: compiled wrappers when train.compile is on (see
-        # `compile_models`); the penalty's double backward and everything else use the plain ones.
-        self.G_run, self.D_run = G, D
+        # The modules the training forwards run: compiled wrappers when train.compile is on; the
+        # penalty's double backward (which compiled graphs do not support), sampling, FID and the
+        # checkpoints use the plain modules, whose parameters the wrappers share.
+        self.G_plain = accelerator.unwrap_model(G)  # once: unwrap_model checks installed packages per call
+        self.G_run, self.D_run = compiled(accelerator, G, D, cfg.train.compile)
 
     def targets(self, n_real: int, n_fake: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.flip > 0:  # label noise: fresh targets every step, drawn on the device
@@ -79,7 +100,10 @@ class GANStep:
         # D step: two forwards (each batch gets its own BatchNorm statistics), one backward, so DDP
         # reduces D's gradients once for all terms, the gradient penalty included.
         fake = G(z, *cond)
-        real_in, fake_in = self.augment(real), self.augment(fake.detach())
+        if self.augment:  # one call for both halves: fresh parameters per sample, half the kernel launches
+            real_in, fake_in = self.augment(torch.cat([real, fake.detach()])).split([real.shape[0], fake.shape[0]])
+        else:
+            real_in, fake_in = real, fake.detach()
         real_out = D(real_in, *cond)
         fake_out = D(fake_in, *cond)
         real_t = fake_t = None
@@ -98,7 +122,7 @@ class GANStep:
         engines.update(self.accelerator, self.G, self.opt_g, loss_g)
         self.D.requires_grad_(True)
         if self.ema is not None:
-            self.ema.update(self.accelerator.unwrap_model(G), nimg_after, self.global_batch)
+            self.ema.update(self.G_plain, nimg_after, self.global_batch)
 
         real_o, fake_o = real_out.detach().float(), fake_out.detach().float()
         if self.kind == "nonsaturating":  # D/real, D/fake: probabilities for BCE, raw outputs otherwise

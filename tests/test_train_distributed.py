@@ -96,7 +96,8 @@ STABILISERS = ["augment.policy=color,translation,cutout", "loss.kind=lsgan", "lo
                "loss.label_flip=0.2", "optim.schedule=exp", "optim.half_life_kimg=0.05", "model.num_classes=10", "model.d_spectral=true"]
 
 
-@pytest.mark.parametrize("extra", [[], STABILISERS], ids=["default", "stabilisers+conditional"])
+@pytest.mark.parametrize("extra", [[], STABILISERS, ["train.compile=default", "augment.policy=translation,cutout"]],
+                         ids=["default", "stabilisers+conditional", "compiled"])
 def test_golden_resume_is_bit_identical(tmp_path, extra):
     """10 steps straight == 5 steps, stop, resume, 5 more: parameters, BN buffers, Adam state, noise,
     the EMA of G and the sampled generator.
@@ -112,6 +113,9 @@ def test_golden_resume_is_bit_identical(tmp_path, extra):
     a, b = _final_state(straight), _final_state(split)
     assert a["meta"]["nimg"] == b["meta"]["nimg"] == 160 and a["meta"]["step"] == b["meta"]["step"] == 10
     assert a["meta"]["param_digests"] == b["meta"]["param_digests"]
+    assert len(a["meta"]["param_digests"]) == 2 and len(set(a["meta"]["param_digests"])) == 1  # ranks agree
+    if "train.compile=default" in extra:
+        assert "compiled G and D (torch.compile mode default)" in proc.stderr
     tensors = [k for k in a if k != "meta"]
     assert set(tensors) == {k for k in b if k != "meta"} and len(tensors) > 40
     assert any(k.startswith("ema.") for k in tensors)  # EMA is on by default
