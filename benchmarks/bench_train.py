@@ -9,7 +9,7 @@ figure the median over the rounds:
             BCE-with-logits, D on real then on fake (two backwards), G through D; batches indexed
             from a uint8 tensor already in memory (no loader at all); no .item() per step.
   project   the real trainer, `python -m dcgan_dist.train` (one process) or `accelerate launch
-            --config_file launch/cpu.yaml` (two): the real loader over real shards, GANStep, the loop
+            --config_file launch/cpu.yaml` (two, CPU only): the real loader over real shards, GANStep, the loop
             with its statistics, EMA, monitors, stop polling and progress bar. Its speed is the
             trainer's own per-tick `Speed/img_per_sec` (training time only) from stats.jsonl, the
             first tick (start-up, compilation) left out.
@@ -161,23 +161,36 @@ def plan(a) -> list[dict]:
     q = a.quick
     cores = os.cpu_count() or 1
     rows = []
+    gpu = a.device == "cuda"
     if "compute" in a.modes:
         spt, ticks = (6, 2) if q else (8, 3)
-        for prec in ("fp32", "bf16"):
-            rows.append(dict(name=f"compute {prec} bare", mode="compute", kind="bare", net=STANDARD, precision=prec,
-                             threads=cores, steps=spt * ticks, warmup=spt))
-            rows.append(dict(name=f"compute {prec} project", mode="compute", kind="project", net=STANDARD,
-                             precision=prec, threads=cores, spt=spt, ticks=ticks, extra=[]))
-            if a.device == "cpu" and cores >= 2:
-                rows.append(dict(name=f"compute {prec} project 2 proc", mode="compute", kind="project", net=STANDARD,
-                                 precision=prec, threads=1, spt=spt, ticks=ticks, extra=[], procs=2))
+        if gpu:  # a step is milliseconds: longer windows
+            spt, ticks = (100, 2) if q else (200, 3)
+        for batch in a.batches:
+            net = {**STANDARD, "batch": batch}
+            tag = "" if batch == 64 else f" b{batch}"
+            for prec in ("fp32", "bf16"):
+                name = f"compute {prec}{tag}"
+                rows.append(dict(name=f"{name} bare", mode="compute", kind="bare", net=net, precision=prec,
+                                 threads=cores, steps=spt * ticks, warmup=spt))
+                rows.append(dict(name=f"{name} project", mode="compute", kind="project", net=net,
+                                 precision=prec, threads=cores, spt=spt, ticks=ticks, extra=[]))
+                if a.compile:
+                    rows.append(dict(name=f"{name} project compiled", mode="compute", kind="project", net=net,
+                                     precision=prec, threads=cores, spt=spt, ticks=ticks,
+                                     extra=["train.compile=" + a.compile]))
+                if not gpu and cores >= 2 and batch == 64:
+                    rows.append(dict(name=f"{name} project 2 proc", mode="compute", kind="project", net=net,
+                                     precision=prec, threads=1, spt=spt, ticks=ticks, extra=[], procs=2))
     if "host" in a.modes:
         spt, ticks = (150, 2) if q else (250, 3)
+        if gpu:
+            spt, ticks = (400, 2) if q else (800, 3)
         rows.append(dict(name="host bare", mode="host", kind="bare", net=TINY, precision="fp32", threads=1,
                          steps=spt * ticks, warmup=spt))
         for label, extra in (("default", []), ("default, data.cache=memory", ["data.cache=memory"]),
                              ("every stabiliser", ALL), ("every stabiliser, data.cache=memory", ALL + ["data.cache=memory"]),
-                             ("compiled", ["train.compile=default", "data.cache=memory"])):
+                             ("compiled", ["train.compile=" + (a.compile or "default"), "data.cache=memory"])):
             rows.append(dict(name=f"host project {label}", mode="host", kind="project", net=TINY, precision="fp32",
                              threads=1, spt=spt, ticks=ticks, extra=extra))
     return rows
@@ -233,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="compute,host", help="comma list of compute, host")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--json", type=Path, help="write the rows and ratios here")
+    p.add_argument("--batches", default="64", help="compute mode: comma list of global batch sizes (default 64)")
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   help="compute mode: add train.compile=MODE rows (default mode: default; host mode always has one)")
     # the bare loop's own process
     p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     for k, t in (("res", int), ("width", int), ("z", int), ("batch", int), ("threads", int), ("steps", int),
@@ -245,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(bare_loop(a)))
         return 0
     a.modes = a.modes.split(",")
+    a.batches = [int(b) for b in a.batches.split(",")]
     rounds = a.rounds or (2 if a.quick else 5)
     import torch
 

@@ -40,6 +40,9 @@ class DataCfg:
     shuffle_buffer: int = opt(512, "samples held in each worker's shuffle buffer")
     hflip: bool = opt(False, "random horizontal flips (faces, fruits; not for digits)")
     prefetch: int = opt(4, "batches each worker prepares ahead")
+    cache: str = opt("none", "none = decode in the loader's worker processes while streaming; memory = decode the "
+                             "whole set once per rank into RAM and build batches in the training process (same "
+                             "order, no per-batch hand-over; for sets that fit in memory)")
 
 
 @dataclass
@@ -182,6 +185,16 @@ def _explain(e: OmegaConfBaseException, where: str) -> ConfigError:
     return ConfigError(f"bad config key{f' {key!r}' if key else ''} in {where}: {msg}\n  ({hint})")
 
 
+# YAML 1.1 reads these as booleans, which would turn `train.mixed_precision=no` into the string
+# "False"; quoted, a str key keeps the word and a bool key still converts it.
+_YAML_BOOL_WORDS = {"no", "yes", "on", "off", "y", "n"}
+
+
+def _quote_yaml_words(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{key}='{value}'" if value.strip().lower() in _YAML_BOOL_WORDS else override
+
+
 def load(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Schema defaults <- YAML file (with `extends`) <- `key=value` overrides, then validated."""
     merged = OmegaConf.structured(Config)
@@ -196,7 +209,7 @@ def load(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] 
     if bad:
         raise ConfigError(f"overrides must look like key=value (e.g. train.kimg=50); got {bad}")
     try:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([_quote_yaml_words(o) for o in overrides]))
     except OmegaConfBaseException as e:
         raise _explain(e, "the command-line overrides") from None
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -282,6 +295,7 @@ def _validate_training_options(cfg: Config, need) -> None:
     need(cfg.ema.half_life_kimg >= 0 and cfg.ema.rampup >= 0 and cfg.ema.bn_batches >= 0,
          "ema.half_life_kimg, ema.rampup and ema.bn_batches must be >= 0")
     need(cfg.train.collapse_threshold >= 0, "train.collapse_threshold must be >= 0 (0 = never warn)")
+    need(cfg.data.cache in ("none", "memory"), f"data.cache must be none or memory (got {cfg.data.cache!r})")
     need(cfg.train.compile in COMPILE_MODES,
          f"train.compile must be one of {', '.join(COMPILE_MODES)} (got {cfg.train.compile!r})")
 

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from . import checkpoint, config, engines, runtime, tracking
 from .checkpoint import CheckpointError, Progress
 from .config import Config, ConfigError
-from .data import locate, stream
+from .data import cache, locate, stream
 from .data.locate import DataError
 from .ema import build_ema
 from .loop import Loop, LoopState, TrainingDiverged, grid_labels
@@ -70,7 +70,10 @@ def build_data(cfg: Config, accelerator, progress: Progress):
     if counts is None:
         log.warning("no dataset.json beside the shards: epoch length is unknown and a resume re-reads the "
                     "skipped samples (write shards with `python -m dcgan_dist.prepare` to get one)")
-    loader = stream.make_loader(spec, cfg.data.workers, cfg.data.prefetch, pin_memory=accelerator.device.type == "cuda")
+    pin = accelerator.device.type == "cuda"
+    if cfg.data.cache == "memory":  # decoded once, batches built here: no worker processes
+        return shards, cache.make_memory_loader(spec, pin_memory=pin, progress=accelerator.is_local_main_process)
+    loader = stream.make_loader(spec, cfg.data.workers, cfg.data.prefetch, pin_memory=pin)
     return shards, loader
 
 

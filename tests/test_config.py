@@ -123,3 +123,10 @@ def test_shipped_configs_load(path):
     cfg = config.load(path)
     assert cfg.run.name == path.stem and cfg.data.shards
     assert path.read_text().lstrip().startswith("#"), "each shipped config starts with a comment saying what it is"
+
+
+def test_yaml_boolean_words_stay_words_for_string_keys():
+    # YAML 1.1 reads `no` as false: without care `train.mixed_precision=no` became the string "False".
+    cfg = config.load(None, ["train.mixed_precision=no", "data.hflip=yes", "data.cache=memory"])
+    assert cfg.train.mixed_precision == "no" and cfg.data.hflip is True
+    assert config.load(None, ["data.hflip=off"]).data.hflip is False

@@ -25,7 +25,7 @@ import io
 import random
 import signal
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -82,9 +82,12 @@ def _shuffled(samples: Iterator[dict], size: int, rng: random.Random) -> Iterato
     yield from buf
 
 
-def raw_samples(spec: StreamSpec, slot: int, skip: int = 0) -> Iterator[dict]:
+def raw_samples(spec: StreamSpec, slot: int, skip: int = 0,
+                read: Callable[[list[str]], Iterator[dict]] = tar_samples) -> Iterator[dict]:
     """The endless raw sample stream of one slot, with its first `skip` samples dropped unread
-    where the per-shard counts allow, read-and-dropped otherwise. Each sample carries its flip bit."""
+    where the per-shard counts allow, read-and-dropped otherwise. Each sample carries its flip bit.
+    `read(urls)` yields the shards' samples in order: their bytes from the tars, or (data.cache=memory)
+    light records pointing into the decoded set, which then follow exactly the same order."""
     epoch = 0
     if spec.counts is not None:  # skip whole epochs by arithmetic
         while True:
@@ -98,7 +101,7 @@ def raw_samples(spec: StreamSpec, slot: int, skip: int = 0) -> Iterator[dict]:
     while True:
         rng = random.Random(f"{spec.seed}/{epoch}/{slot}")
         urls = [spec.urls[i] for i in epoch_shards(spec, epoch, slot)]
-        stream = tar_samples(urls)
+        stream = read(urls)
         seen = 0
         for sample in _shuffled(stream, spec.shuffle_buffer, rng):
             seen += 1
@@ -152,21 +155,34 @@ def _label(sample: dict) -> int:
         return -1
 
 
-def collate(raw: list[dict], resolution: int, channels: int) -> dict:
-    """Decode a batch. An unreadable sample is counted and replaced by a readable one of the same
-    batch, so the batch keeps its size and its place in the deterministic order."""
-    images = [decode(s, resolution, channels) for s in raw]
-    good = [i for i, im in enumerate(images) if im is not None]
+def replacements(ok: list[bool], raw: list[dict], resolution: int) -> list[int]:
+    """For each position of a batch, the position whose image it takes: itself when readable, else a
+    readable one of the same batch (the batch keeps its size and its place in the order)."""
+    good = [i for i, g in enumerate(ok) if g]
     if not good:
         keys = ", ".join(f"{s.get('__url__')}:{s.get('__key__')}" for s in raw[:4])
         raise RuntimeError(f"a whole batch of {len(raw)} samples is unreadable (e.g. {keys}); the shards "
                            f"are corrupt or not {resolution}x{resolution} images: re-create them with prepare")
-    fixed = [i if images[i] is not None else good[i % len(good)] for i in range(len(raw))]
+    return [i if ok[i] else good[i % len(good)] for i in range(len(ok))]
+
+
+def collate(raw: list[dict], resolution: int, channels: int) -> dict:
+    """Decode a batch; an unreadable sample is counted and replaced (see `replacements`)."""
+    images = [decode(s, resolution, channels) for s in raw]
+    fixed = replacements([im is not None for im in images], raw, resolution)
     return {
         "image": torch.from_numpy(np.stack([images[i] for i in fixed])),
         "label": torch.tensor([_label(raw[i]) for i in fixed], dtype=torch.int64),
-        "bad": len(raw) - len(good),
+        "bad": sum(im is None for im in images),
     }
+
+
+def worker_position(spec: StreamSpec, physical: int) -> tuple[int, int, int]:
+    """(logical worker, slot, samples to skip) of physical worker `physical` of a loader that resumes
+    after `spec.start_batch` batches (see the module docstring)."""
+    logical = (physical + spec.start_batch) % spec.workers
+    done_batches = max(0, -(-(spec.start_batch - logical) // spec.workers))
+    return logical, spec.rank * spec.workers + logical, done_batches * spec.batch
 
 
 class ShardStream(IterableDataset):
@@ -178,11 +194,8 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         spec = self.spec
         info = get_worker_info()
-        physical = info.id if info is not None else 0
-        logical = (physical + spec.start_batch) % spec.workers
-        done_batches = max(0, -(-(spec.start_batch - logical) // spec.workers))
-        slot = spec.rank * spec.workers + logical
-        samples = raw_samples(spec, slot, skip=done_batches * spec.batch)
+        logical, slot, skip = worker_position(spec, info.id if info is not None else 0)
+        samples = raw_samples(spec, slot, skip=skip)
         while True:
             raw = [next(samples) for _ in range(spec.batch)]
             yield collate(raw, spec.resolution, spec.channels)
