@@ -148,7 +148,8 @@ def run_checkpoint(args, accelerator, ctx: dict) -> dict:
     G, weights = load_generator(ckpt, cfg, accelerator.device)
     data = args.data or cfg.data.shards
     try:
-        source = open_source(data, cfg.model.resolution, cfg.model.channels)
+        source = open_source(data, cfg.model.resolution, cfg.model.channels,
+                             origin="--data" if args.data else "data.shards")
     except SourceError as e:
         raise SourceError(f"{e}\n(the reference data of {ckpt}; point --data at the training shards)") from None
     ref = evaluation.reference_stats(accelerator, source, num=args.ref_num, extractor=extractor,
@@ -163,8 +164,8 @@ def run_checkpoint(args, accelerator, ctx: dict) -> dict:
     return result
 
 
-def _set_stats(args, accelerator, spec: str, extractor, with_is: bool):
-    src = open_source(spec)
+def _set_stats(args, accelerator, spec: str, extractor, with_is: bool, origin: str):
+    src = open_source(spec, origin=origin)
     return evaluation.image_stats(accelerator, src, num=args.num, batch=args.batch, extractor=extractor,
                                   with_is=with_is, progress=not args.no_progress)
 
@@ -172,16 +173,19 @@ def _set_stats(args, accelerator, spec: str, extractor, with_is: bool):
 def run_two_sets(args, accelerator, ctx: dict) -> dict:
     extractor = _extractor(args, accelerator, args.inception, "--inception", ctx)
     if args.real.endswith(".npz"):  # precomputed statistics, ours or pytorch-fid's (read by every rank: one outcome)
-        ref = evaluation.load_stats(args.real)
+        try:
+            ref = evaluation.load_stats(args.real)
+        except ValueError as e:  # its message starts with the path: say which option gave it
+            raise ValueError(f"--real {e}") from None
     else:
-        real = _set_stats(args, accelerator, args.real, extractor, with_is=False)
+        real = _set_stats(args, accelerator, args.real, extractor, with_is=False, origin="--real")
         if real.n < 2:  # every rank sees the reduced count: they all stop here together
             raise ValueError(f"--real {args.real}: FID needs at least 2 images, got {real.n}")
         ref = RefStats(count=real.n, key={})
         if accelerator.is_main_process:
             ref.mu, ref.sigma = real.mean_cov()
     want_is = evaluation.resolve_inception_score(extractor, True if args.require_is else None)
-    fake = _set_stats(args, accelerator, args.fake, extractor, with_is=want_is)
+    fake = _set_stats(args, accelerator, args.fake, extractor, with_is=want_is, origin="--fake")
     result = evaluation.summarize(accelerator, fake, ref, want_is)
     ctx.update(mode="two-sets", real=args.real, fake=args.fake, ref_num=ref.count)
     return result
@@ -189,7 +193,8 @@ def run_two_sets(args, accelerator, ctx: dict) -> dict:
 
 def run_precompute(args, accelerator, ctx: dict) -> dict:
     extractor = _extractor(args, accelerator, args.inception, "--inception", ctx)
-    ref = evaluation.reference_stats(accelerator, args.precompute, num=args.num, extractor=extractor,
+    source = open_source(args.precompute, origin="--precompute")
+    ref = evaluation.reference_stats(accelerator, source, num=args.num, extractor=extractor,
                                      cache_dir=args.cache_dir, batch=args.batch, progress=not args.no_progress)
     ctx.update(mode="precompute", data=args.precompute, ref_cache=str(ref.path) if ref.path else None)
     if ref.path is None:

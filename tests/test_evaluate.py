@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import CPU_LAUNCH, REPO, SHARED, TINY, env, read_json
 
-from dcgan_dist.metrics.sources import iter_range, open_source
+from dcgan_dist.metrics.sources import SourceError, iter_range, open_source
 
 TS_WEIGHTS = SHARED / "data" / "fid_inception" / "default_1.pt"
 FACES = SHARED / "data" / "faces" / "fairface_val_1-3000.tar"
@@ -74,6 +74,26 @@ def test_missing_weights_say_how_to_supply_them(tmp_path):
     assert proc.returncode == 2
     for way in ("--inception PATH", "eval.inception", "DCGAN_DIST_INCEPTION", "missing.pth: no such file"):
         assert way in proc.stderr
+
+
+def test_open_source_names_the_option_it_came_from(tmp_path):
+    """Without ../shared too: the image-set opener names `--real PATH`, not the trainer's data.shards."""
+    (tmp_path / "empty").mkdir()
+    for spec, what in ((tmp_path / "missing", "no such file or directory"),
+                       (tmp_path / "empty", "a folder with neither"), (tmp_path / "*.tar", "no shards matched")):
+        with pytest.raises(SourceError) as exc:
+            open_source(str(spec), origin="--real")
+        assert str(exc.value).startswith(f"--real {spec}: {what}") and "data.shards" not in str(exc.value)
+
+
+@needs_shared
+def test_bad_real_path_is_named_as_the_option(tmp_path):
+    """A wrong --real is reported as `--real PATH`, not as the trainer's config key."""
+    for real, what in ((tmp_path / "no-such-dir", "no such file or directory"),
+                       (tmp_path / "no-such-stats.npz", "not a statistics file")):
+        proc = evaluate(["--real", str(real), "--fake", str(tmp_path), "--inception", str(TS_WEIGHTS)], check=False)
+        assert proc.returncode == 2 and f"--real {real}: {what}" in proc.stderr, proc.stderr
+        assert "data.shards" not in proc.stderr
 
 
 @needs_shared

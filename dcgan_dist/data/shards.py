@@ -3,9 +3,11 @@
 Layout of a shard set (what `prepare` writes and `stream` reads):
 
     DIR/<name>-000000.tar ...   members <key>.png (the image) and <key>.cls (class index, text)
-    DIR/dataset.json            count, resolution, channels, classes, per-shard counts, content hash
+    DIR/dataset.json            count, resolution, channels, classes, per-shard counts and byte sizes,
+                                content hash
 
-Per-shard counts let a resumed run skip whole epochs and shards without reading them; the
+Per-shard counts let a resumed run skip whole epochs and shards without reading them; with the
+byte sizes the start-up check (`locate.check`) refuses a partial copy of a shard by name; the
 content hash keys caches (e.g. FID reference statistics) to exactly these images.
 """
 
@@ -32,6 +34,7 @@ INDEX_NAME = "dataset.json"
 class ShardInfo:
     name: str
     count: int
+    size_bytes: Optional[int] = None  # the tar file's size; None in dataset.json files written before it was recorded
 
 
 @dataclass
@@ -130,8 +133,12 @@ class ShardSink:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            path = self.out / self.shards[-1].name
             if self.shards[-1].count == 0:  # every sample of this shard was unreadable
-                (self.out / self.shards.pop().name).unlink()
+                path.unlink()
+                self.shards.pop()
+            else:
+                self.shards[-1].size_bytes = path.stat().st_size
 
     def add(self, key: str, encoded: Optional[bytes], label: int) -> None:
         if self._left == 0:

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .errors import DataError
 from .tario import tar_samples
 
 try:  # libspng: the same pixels as PIL for 8-bit PNGs at half the CPU time (StyleGAN2-ADA's loader uses it too)
@@ -161,8 +162,8 @@ def replacements(ok: list[bool], raw: list[dict], resolution: int) -> list[int]:
     good = [i for i, g in enumerate(ok) if g]
     if not good:
         keys = ", ".join(f"{s.get('__url__')}:{s.get('__key__')}" for s in raw[:4])
-        raise RuntimeError(f"a whole batch of {len(raw)} samples is unreadable (e.g. {keys}); the shards "
-                           f"are corrupt or not {resolution}x{resolution} images: re-create them with prepare")
+        raise DataError(f"a whole batch of {len(raw)} samples is unreadable (e.g. {keys}); the shards "
+                        f"are corrupt or not {resolution}x{resolution} images: re-create them with prepare")
     return [i if ok[i] else good[i % len(good)] for i in range(len(ok))]
 
 
@@ -185,6 +186,9 @@ def worker_position(spec: StreamSpec, physical: int) -> tuple[int, int, int]:
     return logical, spec.rank * spec.workers + logical, done_batches * spec.batch
 
 
+_ERROR = "__data_error__"  # the key of the one-entry batch that carries a worker's DataError
+
+
 class ShardStream(IterableDataset):
     """Endless batches for one rank; see the module docstring for the order and resume rules."""
 
@@ -196,9 +200,45 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         logical, slot, skip = worker_position(spec, info.id if info is not None else 0)
         samples = raw_samples(spec, slot, skip=skip)
-        while True:
-            raw = [next(samples) for _ in range(spec.batch)]
-            yield collate(raw, spec.resolution, spec.channels)
+        try:
+            while True:
+                raw = [next(samples) for _ in range(spec.batch)]
+                yield collate(raw, spec.resolution, spec.channels)
+        except DataError as e:
+            if info is None:
+                raise
+            # Raised here, the DataLoader would re-raise it in the training process as a new
+            # exception whose message is this worker's whole traceback. Sent in place of the batch,
+            # it is raised there with its own one-line message (see `_Batches`), in stream order.
+            yield {_ERROR: str(e)}
+
+
+class _Batches:
+    """The DataLoader's iterator, raising a worker's DataError (see ShardStream) in this process."""
+
+    def __init__(self, it):
+        self._it = it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self._it)
+        if _ERROR in batch:
+            raise DataError(batch[_ERROR])
+        return batch
+
+    def _shutdown_workers(self) -> None:  # the trainer stops the workers on every exit path
+        shutdown = getattr(self._it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+class ShardLoader(DataLoader):
+    """A DataLoader whose iterators raise a worker's DataError as a plain DataError."""
+
+    def __iter__(self) -> _Batches:
+        return _Batches(super().__iter__())
 
 
 def _worker_init(_: int) -> None:
@@ -211,11 +251,11 @@ def _worker_init(_: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def make_loader(spec: StreamSpec, num_workers: int, prefetch: int, pin_memory: bool) -> DataLoader:
+def make_loader(spec: StreamSpec, num_workers: int, prefetch: int, pin_memory: bool) -> ShardLoader:
     """A DataLoader over the stream. Not meant for `accelerator.prepare`: the stream already splits
     itself by rank, and accelerate would re-shard or broadcast it."""
     assert spec.workers == max(1, num_workers), "spec.workers must match the DataLoader's workers"
-    return DataLoader(
+    return ShardLoader(
         ShardStream(spec),
         batch_size=None,  # the stream batches itself
         num_workers=num_workers,

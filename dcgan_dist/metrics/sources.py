@@ -61,18 +61,20 @@ class ImageSource:
         return self.index.content_sha256 if self.index is not None and self.counts is not None else None
 
 
-def open_source(spec: str, resolution: int = 32, channels: int = 1) -> ImageSource:
+def open_source(spec: str, resolution: int = 32, channels: int = 1, origin: str = "data.shards") -> ImageSource:
     """A shard set (directory of .tar, glob, brace pattern, URL, single .tar, `embedded:digits`) or a
     folder of image files (searched recursively). `resolution`/`channels` only choose which
-    embedded data set to write; other sources are read as they are."""
+    embedded data set to write; other sources are read as they are. `origin` is where `spec` came
+    from (a config key or a command-line option such as `--real`), for the error messages."""
     path = Path(spec).expanduser()
     if path.is_dir() and not any(path.glob("*.tar")):
         files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
         if not files:
-            raise SourceError(f"{spec}: a folder with neither .tar shards nor image files ({', '.join(IMAGE_EXTS)})")
+            raise SourceError(f"{locate.named(origin, spec)}: a folder with neither .tar shards nor image files "
+                              f"({', '.join(IMAGE_EXTS)})")
         return ImageSource(spec, "files", files, None, None)
     try:
-        shards = locate.resolve(str(path) if path.exists() else spec, resolution, channels)
+        shards = locate.resolve(str(path) if path.exists() else spec, resolution, channels, origin=origin)
     except locate.DataError as e:
         raise SourceError(str(e)) from None
     return ImageSource(spec, "shards", shards.urls, shards.counts, shards.index)
