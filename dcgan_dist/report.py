@@ -9,6 +9,10 @@ its sweep overrides (sweep.json), the kimg reached (status.json, or the last tic
 when that is further) and asked for, the state (status.json), the best FID and the kimg it was
 measured at (the lowest "fid" in metrics.jsonl, when there is one) and the training speed (the
 median "Speed/img_per_sec" of stats.jsonl's ticks).
+
+A run whose status.json says `running` but whose trainer is gone (killed, its node lost) is shown
+as `dead`: judged by `runlock.run_dead_reason` by the same rules as a start that finds the run
+directory locked (the PID on the same machine, the heartbeat from another host).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from .runlock import run_dead_reason
 from .sweep import RECORD
 
 STATUS, STATS, METRICS = "status.json", "stats.jsonl", "metrics.jsonl"
@@ -73,12 +78,14 @@ def summarize(run: Path, root: Path) -> dict:
     last_tick = _number(ticks[-1].get("kimg")) if ticks else None
     reached = [k for k in (_number(status.get("kimg")), last_tick) if k is not None]
     params = record.get("params") or {}
+    state = status.get("state", "pending" if record else "unknown")
+    dead = run_dead_reason(run, status) if state == "running" else None
     return {
         "run": str(run.relative_to(root)) if run != root else run.name,
         "run_dir": str(run),
         "index": record.get("index"),
         "overrides": [f"{k}={v}" for k, v in params.items()],
-        "state": status.get("state", "pending" if record else "unknown"),
+        "state": "dead" if dead else state,
         "kimg": max(reached) if reached else None,
         "total_kimg": _number(status.get("total_kimg")),
         "best_fid": best[0],
@@ -86,7 +93,8 @@ def summarize(run: Path, root: Path) -> dict:
         "img_per_sec": statistics.median(speeds) if speeds else None,
         "world_size": status.get("world_size"),
         "slurm_job": record.get("slurm_job"),
-        "error": status.get("error"),
+        "error": status.get("error") or (f"status.json says running, but {dead}; the same command resumes it "
+                                         "from its newest checkpoint" if dead else None),
     }
 
 

@@ -7,7 +7,10 @@ Run directory layout:
 
     config.yaml       the resolved config (every key, after extends and overrides)
     log.txt           the text log (rank zero), appended across resumes
-    status.json       state (running / stopped / complete / failed), kimg, world size, last checkpoint
+    lock.json         while a training runs: who holds the run directory (see runlock.py)
+    status.json       state (running / stopped / complete / failed), kimg, world size, last checkpoint,
+                      who writes it (host, PIDs, Slurm job) and a heartbeat, so `report` can tell a
+                      dead run from a running one
     stats.jsonl       one JSON line per tick
     events.out.tfevents.*   TensorBoard scalars and sample images
     samples/          reals.png and fakes_<kimg>.png fixed-noise grids
@@ -16,10 +19,12 @@ Run directory layout:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +35,7 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from . import config as config_mod
+from . import runlock
 from .config import Config
 
 log = logging.getLogger("dcgan_dist")
@@ -67,9 +73,13 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 
 def write_status(run_dir: Path, state: str, **fields) -> None:
-    """`status.json`: running | stopped | complete | failed, for people and for job scripts (requeue or not)."""
+    """`status.json`: running | stopped | complete | failed, for people and for job scripts (requeue or not).
+    It also names the writer (host, rank zero's and the launcher's PID, Slurm job: `runlock.identity()`)
+    and carries a heartbeat (Unix time), by which `report` shows a `running` run whose trainer is gone
+    as `dead`."""
     write_json_atomic(Path(run_dir) / "status.json",
-                      {"state": state, **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                      {"state": state, **fields, **runlock.identity(), "heartbeat": time.time(),
+                       "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 class StepStats:
@@ -96,6 +106,33 @@ class StepStats:
         return {name: packed[i].item() / steps for i, name in enumerate(self.names)}, int(packed[-1].item())
 
 
+class RunDirError(OSError):
+    """Rank zero could not write a run file (a full disk, a read-only mount): one message naming the
+    file, the free space and the fix, instead of a traceback from deep inside PIL or json."""
+
+
+def _writes(what: str):
+    """Turn an OSError in a Tracker method into a RunDirError that names `what`, the disk and the fix."""
+    def wrap(method):
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except RunDirError:
+                raise
+            except OSError as e:
+                try:
+                    free = f"{shutil.disk_usage(self.run_dir).free / 1e6:.1f} MB free"
+                except OSError:
+                    free = "free space unknown"
+                raise RunDirError(
+                    f"cannot write {what} in {self.run_dir} ({e.strerror or e}; {free}). Free space or fix the "
+                    "disk (or move run.dir), then run the same command again: resume=auto continues from the newest "
+                    "checkpoint.") from None
+        return guarded
+    return wrap
+
+
 class Tracker:
     """Rank zero's writers: TensorBoard, stats.jsonl, status.json, sample grids, the progress bar."""
 
@@ -111,6 +148,7 @@ class Tracker:
         self.world_size = world_size
         self.total_nimg = total_nimg
         self.last_values: dict[str, float] = {}
+        self.last_status: tuple[str, dict] = ("running", {})  # what heartbeat() writes again
         self.bar = tqdm(total=total_nimg, initial=start_nimg, unit="img", unit_scale=True, dynamic_ncols=True,
                         desc=cfg.run.name, smoothing=0.1, file=sys.stderr,
                         # In a log file (Slurm, CI) a redraw is a line: redraw rarely there.
@@ -119,6 +157,7 @@ class Tracker:
     def step(self, nimg: int) -> None:
         self.bar.update(nimg)
 
+    @_writes("the tick's statistics (stats.jsonl, TensorBoard)")
     def tick(self, nimg: int, values: dict[str, float]) -> None:
         """Write one tick's scalars; `values` maps TensorBoard tags to numbers."""
         for tag, v in values.items():
@@ -130,6 +169,7 @@ class Tracker:
         self.bar.set_postfix_str(f"D {values['Loss/D']:.3f} G {values['Loss/G']:.3f} "
                                  f"D(x) {values['D/real']:.2f} D(G(z)) {values['D/fake']:.2f}", refresh=False)
 
+    @_writes("the evaluation's metrics (metrics.jsonl)")
     def metrics(self, nimg: int, result: dict) -> None:
         """One evaluation: TensorBoard `Metrics/*` and a line of metrics.jsonl."""
         for tag, key in (("Metrics/fid", "fid"), ("Metrics/is_mean", "is_mean"), ("Metrics/is_std", "is_std")):
@@ -139,6 +179,7 @@ class Tracker:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"kimg": nimg / 1000, **result}) + "\n")
 
+    @_writes("a sample grid (samples/)")
     def images(self, tag: str, images: torch.Tensor, nimg: int, filename: str, nrow: Optional[int] = None) -> Path:
         """Save an image grid (values in [-1, 1]; `nrow` images per row, default square) as PNG and as a
         TensorBoard image."""
@@ -150,6 +191,7 @@ class Tracker:
         self.writer.flush()
         return path
 
+    @_writes("the run's hparams (TensorBoard)")
     def hparams(self, hparams: dict[str, Any], nimg: int) -> None:
         """The run's settings (e.g. a sweep's overrides) and final numbers, for TensorBoard's HParams tab."""
         if not hparams:
@@ -160,9 +202,17 @@ class Tracker:
         # run_name=".": written into the run's own directory, so the tab lists the run under its own name.
         self.writer.add_hparams(values, metrics, run_name=".", global_step=nimg)
 
+    @_writes("status.json")
     def status(self, state: str, nimg: int, **extra) -> None:
+        self.last_status = (state, extra)
         write_status(self.run_dir, state, kimg=nimg / 1000, total_kimg=self.total_nimg / 1000,
                      world_size=self.world_size, **extra)
+
+    def heartbeat(self, nimg: int) -> None:
+        """Once per tick: status.json again (the last state and checkpoint) with the current kimg and a
+        fresh heartbeat; one small atomic write."""
+        state, extra = self.last_status
+        self.status(state, nimg, **extra)
 
     def close(self) -> None:
         self.bar.close()
