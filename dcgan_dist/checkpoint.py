@@ -5,18 +5,20 @@ A checkpoint is `RUN/checkpoints/<kimg>/` (e.g. `000012.800/`) holding what
 states, and the EMA of G as `custom_checkpoint_0.pkl` when enabled) plus one `dcgan_rank<r>.pt` per
 rank (its noise generator), `generator.safetensors` (the generator to sample from — the EMA when
 enabled, else G — alone, for sampling and evaluation) and `meta.json` (image counter, data position, architecture,
-config, a digest of each rank's parameters).
+config, a digest of each rank's parameters, and the size and SHA-256 of every other file: see integrity.py).
 
 Atomicity: every rank writes into `checkpoints/.tmp-<kimg>/`; only after all ranks are done does
 rank zero write `meta.json`, flush everything to disk and rename the directory into place. A crash
 mid-save leaves a `.tmp-*` directory, which resume ignores and the next run deletes; a directory
-with a plain `<kimg>` name therefore always holds a complete checkpoint.
+with a plain `<kimg>` name therefore always held a complete checkpoint when it was written; what
+happens to it later (a failed copy, a full disk, bit rot) is caught by the file records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,10 +28,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from . import integrity, runtime
+
+log = logging.getLogger("dcgan_dist")
+
 CKPT_DIR = "checkpoints"
-META = "meta.json"
+META = integrity.META
 GENERATOR = "generator.safetensors"
 FORMAT = "dcgan-dist-checkpoint/1"
 _NAME = re.compile(r"^\d{6}\.\d{3}$")
@@ -66,8 +73,12 @@ def read_meta(path: str | os.PathLike) -> dict:
     if not meta_path.is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {META}); an interrupted save leaves such "
                               "directories. Use resume=auto to pick the newest complete one.")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{meta_path} is unreadable ({e}): the checkpoint is damaged. Use resume=auto to take "
+                              "the newest intact checkpoint, or pick another one.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT})")
     return meta
 
@@ -110,30 +121,62 @@ def clean_partial(run_dir: str | os.PathLike) -> list[Path]:
     return stale
 
 
+# torch.save reports a full disk as RuntimeError ("file write failed"), safetensors as its own error.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
 def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state: dict, meta: dict[str, Any],
-         keep: int, generator: Optional[torch.nn.Module] = None, name: Optional[str] = None) -> Path:
+         keep: int, generator: Optional[torch.nn.Module] = None, name: Optional[str] = None,
+         make_room: bool = False) -> Path:
     """Collective: every rank must call it at the same point. Returns the final directory.
 
     `name` (e.g. "best") saves beside the rotation: resume=auto and `keep` only see <kimg> names.
 
     `generator` (the unwrapped G) is also written as `generator.safetensors`, the same under DDP and
-    DeepSpeed, so sampling and evaluation never need the training backend's file layout."""
+    DeepSpeed, so sampling and evaluation never need the training backend's file layout.
+
+    A save that cannot complete (disk full, permissions, I/O error) raises the same CheckpointError
+    on every rank, naming the directory, the space needed and free; the partial save is removed and
+    older checkpoints are untouched. Each phase ends in an agreement instead of a barrier, so a rank
+    that failed never leaves the others waiting."""
     root = Path(run_dir) / CKPT_DIR
     final = root / (name or name_for(progress.nimg))
     tmp = root / f".tmp-{final.name}"
-    if accelerator.is_main_process:
+    needed = [0]
+
+    def phase(fn, only_main: bool):
+        try:
+            return runtime.agree(accelerator, fn, WRITE_ERRORS, only_main=only_main)
+        except CheckpointError:
+            raise
+        except WRITE_ERRORS as e:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(_write_failure(root, final, e, needed[0])) from None
+
+    def start() -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        needed[0] = expected_size(root, accelerator)
+        if name is None:
+            ensure_space(root, needed[0], make_room)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    torch.save(rank_state, tmp / f"dcgan_rank{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+
+    phase(start, only_main=True)
+
+    def write_rank_files() -> None:
+        accelerator.save_state(str(tmp))
+        torch.save(rank_state, tmp / f"dcgan_rank{accelerator.process_index}.pt")
+
+    phase(write_rank_files, only_main=False)
+
+    def finish() -> None:
         if generator is not None:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in generator.state_dict().items()},
                       str(tmp / GENERATOR))
         full_meta = {"format": FORMAT, "nimg": progress.nimg, "kimg": progress.nimg / 1000, "step": progress.step,
-                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
+                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,
+                     "files": integrity.file_records(tmp)}  # every rank's files: all are written by now
         (tmp / META).write_text(json.dumps(full_meta, indent=2) + "\n")
         _fsync_tree(tmp)
         if final.exists():  # saving the same kimg again (e.g. a stop right after a save): swap, then drop
@@ -146,15 +189,74 @@ def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state
         _fsync_dir(root)
         for stale in (complete_checkpoints(run_dir)[:-keep] if name is None else []):
             shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
+
+    phase(finish, only_main=True)
     return final
 
 
+def expected_size(root: Path, accelerator) -> int:
+    """Bytes the next checkpoint will take: the newest one's size, or before the first a lower bound,
+    3x the models' parameter bytes (weights and Adam's two moments; EMA and generator file add more)."""
+    existing = complete_checkpoints(root.parent)
+    if existing:
+        return integrity.size_of(existing[-1])
+    return 3 * sum(p.numel() * p.element_size() for m in accelerator._models for p in m.parameters())
+
+
+def ensure_space(root: Path, needed: int, make_room: bool) -> None:
+    """Before a save: refuse (or, with checkpoint.make_room, delete the oldest kept checkpoints) when the
+    disk clearly cannot hold one more; rotation alone frees space only after a save succeeded."""
+    free = integrity.free_bytes(root)
+    existing = complete_checkpoints(root.parent)
+    while make_room and free < needed and len(existing) > 1:
+        oldest = existing.pop(0)
+        log.warning("checkpoint.make_room: deleting the oldest checkpoint %s to make room (%s free, the next "
+                    "checkpoint needs about %s)", oldest, integrity.human(free), integrity.human(needed))
+        shutil.rmtree(oldest, ignore_errors=True)
+        free = integrity.free_bytes(root)
+    if free < needed:
+        newest = existing[-1] if existing else "none"
+        raise CheckpointError(
+            f"not enough disk space for the next checkpoint in {root}: it needs about {integrity.human(needed)}, "
+            f"{integrity.human(free)} is free. Nothing was written; the newest checkpoint is {newest}. Free space "
+            "there (or lower checkpoint.keep, set checkpoint.make_room=true to delete the oldest kept checkpoints "
+            "before a save, or move run.dir to a larger disk), then run the same command again (resume=auto).")
+
+
+def _write_failure(root: Path, final: Path, error: BaseException, needed: int) -> str:
+    try:
+        free = integrity.human(integrity.free_bytes(root))
+    except OSError:
+        free = "unknown"
+    existing = complete_checkpoints(root.parent)
+    return (f"cannot save checkpoint {final}: {error}. It needs about {integrity.human(needed)}; {free} is free in "
+            f"{root}. The partial save was removed and older checkpoints are untouched (newest: "
+            f"{existing[-1] if existing else 'none'}). Fix the disk (free space, permissions), then run the same "
+            "command again: resume=auto continues from the newest checkpoint.")
+
+
 def find_resume(run_dir: str | os.PathLike, resume: str) -> Optional[Path]:
-    """The checkpoint `resume` asks for: auto -> newest complete one (or None), none -> None, else that path."""
+    """The checkpoint `resume` asks for: auto -> the newest intact one (or None), none -> None, else that path.
+
+    auto skips damaged checkpoints (files missing, cut short or changed since the save) with a warning
+    that names them; a named path that is damaged is refused."""
     existing = complete_checkpoints(run_dir)
     if resume == "auto":
-        return existing[-1] if existing else None
+        damaged = []
+        for path in reversed(existing):
+            wrong = integrity.problem(path, FORMAT)
+            if wrong is None:
+                if damaged:
+                    log.warning("resume=auto: skipping damaged checkpoint(s) %s; resuming from %s, the newest intact one",
+                                "; ".join(f"{p} ({w})" for p, w in damaged), path)
+                return path
+            damaged.append((path, wrong))
+        if damaged:
+            raise CheckpointError(
+                f"every checkpoint in {Path(run_dir) / CKPT_DIR} is damaged: "
+                + "; ".join(f"{p.name} ({w})" for p, w in damaged)
+                + ". Restore one from a backup, or move them away and start again with resume=none.")
+        return None
     if resume == "none":
         if existing:
             raise CheckpointError(
@@ -165,6 +267,10 @@ def find_resume(run_dir: str | os.PathLike, resume: str) -> Optional[Path]:
     if not path.is_dir():
         raise CheckpointError(f"resume={resume}: no such checkpoint directory")
     read_meta(path)
+    wrong = integrity.problem(path, FORMAT)
+    if wrong is not None:
+        raise CheckpointError(f"resume={resume}: the checkpoint is damaged ({wrong}). Pick another checkpoint of "
+                              f"the run, or resume=auto to take the newest intact one.")
     return path
 
 
@@ -184,5 +290,11 @@ def load(accelerator, path: Path) -> tuple[Progress, Optional[dict]]:
     meta = read_meta(path)
     accelerator.load_state(str(path))
     rank_file = path / f"dcgan_rank{accelerator.process_index}.pt"
-    rank_state = torch.load(rank_file, weights_only=False) if rank_file.is_file() else None
+    if rank_file.is_file():
+        rank_state = torch.load(rank_file, weights_only=False)
+    elif accelerator.process_index < int(meta.get("world_size", 1)):  # the rank existed: its file is lost
+        raise CheckpointError(f"{rank_file} is missing: the checkpoint is damaged and cannot resume exactly. Use "
+                              "resume=auto to take the newest intact checkpoint.")
+    else:  # more ranks than when it was saved: they start from fresh noise (train.resume warns)
+        rank_state = None
     return Progress(nimg=int(meta["nimg"]), step=int(meta["step"])), rank_state

@@ -7,17 +7,18 @@ import logging
 import os
 import signal
 import warnings
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list, gather_object
 
 from . import engines
 from .config import Config, ConfigError
 
 log = logging.getLogger("dcgan_dist")
+T = TypeVar("T")
 
 # torch deprecates `broadcast_buffers` for `forward_sync_buffers`, which accelerate cannot pass yet;
 # the old flag still means exactly what we want (see make_accelerator), so its notice is noise.
@@ -82,7 +83,15 @@ def restore_noise(noise: torch.Generator, state: torch.Tensor, checkpoint) -> No
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 ask for a checkpoint at the next step boundary and a clean exit.
+    """SIGTERM / SIGUSR1, or the death of the launcher, ask for a checkpoint at the next step boundary
+    and a clean exit.
+
+    The launcher (`accelerate launch`, torchrun) is each rank's parent. When it is killed (OOM
+    killer, `kill -9`, a lost login shell) nobody would ever stop the ranks: they would train on as
+    orphans, and a re-run would put a second training on the same run.dir. A changed parent PID
+    (the orphan is re-parented) is noticed at the next step, for the price of one getppid() call,
+    and handled like SIGTERM. Only under a launcher: a plain `python -m dcgan_dist.train` may
+    outlive its shell (nohup) on purpose.
 
     Signals can reach some ranks and not others, so ranks agree through a small all-reduce on a
     CPU (gloo) group: it never syncs the GPU, and it is started one step and waited on the next,
@@ -97,6 +106,12 @@ class StopRequest:
         self._group = dist.new_group(backend="gloo") if world_size > 1 and dist.is_initialized() else None
         self._pending = None
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self._parent = os.getppid() if launched_by_launcher() else None
+
+    def _check_parent(self) -> None:
+        if self._parent is not None and not self.local and os.getppid() != self._parent:
+            log.warning("the launcher (PID %d) is gone: stopping as for SIGTERM", self._parent)
+            self.local, self.signame = True, "launcher exited"
 
     def _handle(self, signum, _frame) -> None:
         self.local = True
@@ -104,6 +119,7 @@ class StopRequest:
 
     def poll(self) -> bool:
         """Call once per step on every rank; True on all ranks at once when any rank was signalled."""
+        self._check_parent()
         if self._group is None:
             return self.local
         stop = False
@@ -126,6 +142,19 @@ class StopRequest:
             signal.signal(s, handler)
 
 
+def peer_lost(error: BaseException) -> bool:
+    """A collective that failed because another rank is gone (gloo: "Connection closed by peer")."""
+    text = str(error)
+    return isinstance(error, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
+def launched_by_launcher() -> bool:
+    """torchrun sets the first two for its workers (its agent is their parent); `accelerate launch`
+    sets the third also for a single process, which it starts as its child."""
+    return any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND"))
+
+
 def shutdown(accelerator: Accelerator) -> None:
     """End the process group without the gloo crash at interpreter exit.
 
@@ -140,3 +169,38 @@ def shutdown(accelerator: Accelerator) -> None:
     accelerator.end_training()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def agree(accelerator, fn: Callable[[], T], errors: tuple[type[BaseException], ...], only_main: bool = False) -> T:
+    """Run `fn` (on every rank, or on the main process only), then make every rank agree on the outcome.
+
+    A user error raised on one rank must not leave the others waiting in the next collective until
+    a gloo timeout or a "connection closed" traceback: every rank raises the same error, with the
+    same message, at the same point. With `only_main`, fn's result is shared with every rank (e.g.
+    the checkpoint rank zero chose after verifying it). The raised errors carry `.shared = True`:
+    the trainer then reports them once, on rank zero.
+    """
+    result, failure = None, None
+    if accelerator.is_main_process or not only_main:
+        try:
+            result = fn()
+        except errors as e:
+            failure = (type(e), str(e))
+    if accelerator.num_processes > 1:
+        payload = [(failure, result if only_main else None)]
+        if only_main:
+            broadcast_object_list(payload, from_process=0)
+            failures = [payload[0][0]]
+            result = payload[0][1]
+        else:
+            failures = gather_object([failure])
+        failure = next((f for f in failures if f is not None), None)
+    if failure is not None:
+        cls, message = failure
+        try:
+            error = cls(message)
+        except Exception:  # an exception class with another constructor: keep the message
+            error = RuntimeError(message)
+        error.shared = True
+        raise error
+    return result

@@ -141,9 +141,12 @@ def test_cli_refuses_checkpoint_of_another_architecture(tmp_path):
     ckpts = checkpoint.complete_checkpoints(run_dir)
     assert len(ckpts) == 1
 
+    records = {n: (run_dir / n).read_bytes() for n in ("config.yaml", "status.json")}
     second = subprocess.run(base[:-1] + ["train.kimg=0.064", "model.g_width=16"], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert second.returncode == 2
     assert "model.g_width: checkpoint 8 vs config 16" in second.stderr and "Traceback" not in second.stderr
     assert checkpoint.complete_checkpoints(run_dir) == ckpts
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    # A refused start leaves the finished run's records as they were: still complete, its own config.
+    assert {n: (run_dir / n).read_bytes() for n in records} == records
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
