@@ -10,6 +10,7 @@ the key's name (OmegaConf adds a "Did you mean" suggestion).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,9 @@ class TrainCfg:
     tick_kimg: float = opt(1.0, "maintenance cadence: stats, logs and the progress line every this many kimg")
     sample_every_kimg: float = opt(5.0, "write a fixed-noise sample grid every this many kimg (rounded to ticks)")
     sample_grid: int = opt(64, "number of images in the sample grid (conditional: rounded to whole rows per class)")
+    loss_limit: float = opt(1e4, "stop the run like a NaN when |Loss/D| or |Loss/G| (tick means) stays above this "
+                                 "for train.loss_limit_ticks ticks in a row: finite but exploding; 0 = never")
+    loss_limit_ticks: int = opt(3, "ticks in a row above train.loss_limit before the run is stopped")
     collapse_threshold: float = opt(0.25, "warn of mode collapse when the diversity of generated batches falls below "
                                           "this fraction of the real batches' (Diversity/ratio); 0 = never warn")
     compile: str = opt("off", "torch.compile G and D for the training step: off | default | reduce-overhead (CUDA "
@@ -120,6 +124,8 @@ class EmaCfg:
 class CheckpointCfg:
     every_kimg: float = opt(10.0, "save a checkpoint every this many kimg (rounded to ticks); one is always saved at the end")
     keep: int = opt(3, "keep the newest this many checkpoints (older ones are deleted)")
+    make_room: bool = opt(False, "when the disk clearly lacks the space for the next checkpoint, delete the oldest "
+                                 "kept ones first (never the newest, never best/); false = stop with an error instead")
 
 
 @dataclass
@@ -223,11 +229,14 @@ def load(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] 
 
 def validate(cfg: Config) -> None:
     """Checks the schema's types cannot express; each message names the key and the fix."""
-    problems = []
+    problems = [f"{key} must be a finite number (got {value})" for key, value in _numbers(cfg) if not math.isfinite(value)]
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
             problems.append(msg)
+
+    if problems:  # every comparison below would be meaningless on inf/nan
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
     need(cfg.train.kimg > 0, f"train.kimg must be > 0 (got {cfg.train.kimg})")
     need(cfg.train.batch > 0, f"train.batch must be > 0 (got {cfg.train.batch})")
@@ -238,6 +247,9 @@ def validate(cfg: Config) -> None:
          f"train.mixed_precision must be one of auto, no, bf16, fp16 (got {cfg.train.mixed_precision!r})")
     need(cfg.checkpoint.every_kimg > 0, "checkpoint.every_kimg must be > 0")
     need(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1 (got {cfg.checkpoint.keep})")
+    need(_resolution_ok(cfg.model.resolution),
+         f"model.resolution={cfg.model.resolution} cannot be built: it must be base * 2**k with base 4..7 and at least "
+         "16 (e.g. 28, 32, 48, 64, 96, 128); resize the data with `python -m dcgan_dist.prepare --resolution N`")
     need(cfg.model.channels in (1, 3), f"model.channels must be 1 or 3 (got {cfg.model.channels})")
     need(cfg.model.z_dim > 0 and cfg.model.g_width > 0 and cfg.model.d_width > 0,
          "model.z_dim, model.g_width and model.d_width must be > 0")
@@ -294,10 +306,32 @@ def _validate_training_options(cfg: Config, need) -> None:
     need(0.0 < a.translation < 1.0 and 0.0 < a.cutout < 1.0, "augment.translation and augment.cutout must be in (0, 1)")
     need(cfg.ema.half_life_kimg >= 0 and cfg.ema.rampup >= 0 and cfg.ema.bn_batches >= 0,
          "ema.half_life_kimg, ema.rampup and ema.bn_batches must be >= 0")
+    need(cfg.train.loss_limit >= 0 and cfg.train.loss_limit_ticks >= 1,
+         "train.loss_limit must be >= 0 (0 = off) and train.loss_limit_ticks >= 1")
     need(cfg.train.collapse_threshold >= 0, "train.collapse_threshold must be >= 0 (0 = never warn)")
     need(cfg.data.cache in ("none", "memory"), f"data.cache must be none or memory (got {cfg.data.cache!r})")
     need(cfg.train.compile in COMPILE_MODES,
          f"train.compile must be one of {', '.join(COMPILE_MODES)} (got {cfg.train.compile!r})")
+
+
+def _numbers(cfg: Config, prefix: str = ""):
+    """(key, value) of every float-valued key: inf and nan parse as floats and pass every `> 0` test."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            yield prefix + f.name, value
+
+
+def _resolution_ok(resolution: int) -> bool:
+    from .models import stage_plan  # the owner of the rule
+
+    try:
+        stage_plan(resolution)
+    except ValueError:
+        return False
+    return True
 
 
 def augment_policy(policy: str) -> list[str]:

@@ -97,6 +97,7 @@ class Loop:
         self.stats = StepStats(s.accelerator.device, STEP_STATS)
         self.step = GANStep(cfg, s.accelerator, s.G, s.D, s.opt_g, s.opt_d, s.noise, s.ema)
         self.collapse_warned = False
+        self.explode_ticks = 0  # consecutive ticks with |loss| > train.loss_limit
         self.bad_total = 0
         self.last_ckpt_nimg = self.last_sample_nimg = s.progress.nimg
         self.tick_start_nimg = s.progress.nimg
@@ -171,6 +172,7 @@ class Loop:
                 f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}). Nothing after the last checkpoint "
                 f"({last}) is saved. Resume from it with resume=auto and lower optim.g_lr/optim.d_lr, set "
                 "loss.real_label=0.9, or use train.mixed_precision=no.")
+        self.check_explosion(values, nimg)
         values["Diversity/ratio"] = values["Diversity/fake"] / max(values["Diversity/real"], 1e-12)
         self.check_collapse(values["Diversity/ratio"], nimg)
         # The tick's clock starts after the previous maintenance, so this is training time only.
@@ -189,10 +191,25 @@ class Loop:
             values["Progress/epoch"] = nimg / s.dataset_size
         if s.tracker:
             s.tracker.tick(nimg, values)
+            s.tracker.heartbeat(nimg)  # status.json: this run is alive (report tells dead runs by it)
         log.info("kimg %9.3f/%.3f | D %.4f G %.4f | D(x) %.3f D(G(z)) %.3f | %.1f img/s%s",
                  nimg / 1000, self.total_nimg / 1000, values["Loss/D"], values["Loss/G"], values["D/real"],
                  values["D/fake"], values["Speed/img_per_sec"],
                  f" | {self.bad_total} bad samples replaced" if self.bad_total else "")
+
+    def check_explosion(self, values: dict[str, float], nimg: int) -> None:
+        """Finite but exploding losses (e.g. a learning rate of 1e10 drives them to ~1e22) train nothing
+        useful: stop like a NaN once they stay above train.loss_limit for train.loss_limit_ticks ticks.
+        Every rank sees the same reduced values, so all stop at the same tick."""
+        limit, ticks = self.s.cfg.train.loss_limit, self.s.cfg.train.loss_limit_ticks
+        worst = max(abs(values["Loss/D"]), abs(values["Loss/G"]))
+        self.explode_ticks = self.explode_ticks + 1 if limit and worst > limit else 0
+        if self.explode_ticks >= ticks:
+            raise TrainingDiverged(
+                f"losses exploded: |loss| above train.loss_limit={limit:g} for {ticks} ticks in a row, up to kimg "
+                f"{nimg / 1000:.3f} (Loss/D={values['Loss/D']:.4g}, Loss/G={values['Loss/G']:.4g}). Nothing after the "
+                f"last checkpoint ({self.s.last_checkpoint or 'none yet'}) is saved. Resume from it with resume=auto "
+                "and lower optim.g_lr/optim.d_lr, or raise train.loss_limit if such losses are expected (0 = off).")
 
     def check_collapse(self, ratio: float, nimg: int) -> None:
         """Warn (once per collapse) when generated batches are much less diverse than real ones. The
@@ -257,7 +274,8 @@ class Loop:
         meta = {**s.meta, "world_size": s.accelerator.num_processes, "param_digests": digests,
                 "generator": "ema" if s.ema is not None else "G", **(extra or {})}
         path = checkpoint.save(s.accelerator, s.cfg.run.dir, s.progress, {"noise": s.noise.get_state()},
-                               meta, keep=s.cfg.checkpoint.keep, generator=self.sampler(), name=name)
+                               meta, keep=s.cfg.checkpoint.keep, generator=self.sampler(), name=name,
+                               make_room=s.cfg.checkpoint.make_room)
         if name is not None:
             log.info("checkpoint %s (%s)", path, ", ".join(f"{k} {v:.4g}" for k, v in (extra or {}).items()))
             return

@@ -13,12 +13,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
-from . import checkpoint, config, engines, runtime, tracking
+from . import checkpoint, config, engines, runlock, runtime, tracking
 from .checkpoint import CheckpointError, Progress
 from .config import Config, ConfigError
 from .data import cache, locate, stream
@@ -33,7 +34,8 @@ from .optim import build_optimizers
 
 log = logging.getLogger("dcgan_dist")
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, InceptionWeightsError, SourceError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, InceptionWeightsError, SourceError, runlock.RunLockedError,
+               tracking.RunDirError)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,10 +57,17 @@ def overridden(cfg: Config, overrides: list[str]) -> dict:
 
 def build_data(cfg: Config, accelerator, progress: Progress):
     """Find and check the shards, then this rank's endless batch stream, positioned at `progress`."""
-    with accelerator.local_main_process_first():  # the embedded set is written once per node
+    def find() -> locate.ShardSet:
         shards = locate.resolve(cfg.data.shards, cfg.model.resolution, cfg.model.channels)
-    locate.check(shards, resolution=cfg.model.resolution, channels=cfg.model.channels,
-                 ranks=accelerator.num_processes, workers=cfg.data.workers)
+        locate.check(shards, resolution=cfg.model.resolution, channels=cfg.model.channels,
+                     ranks=accelerator.num_processes, workers=cfg.data.workers)
+        return shards
+
+    # Each node's first rank goes first (it may write the embedded set once per node); an error it
+    # finds reaches the other ranks as the same message instead of a broken barrier.
+    first = accelerator.is_local_main_process
+    shards = runtime.agree(accelerator, lambda: find() if first else None, USER_ERRORS)
+    shards = runtime.agree(accelerator, lambda: shards if first else find(), USER_ERRORS)
     counts = shards.counts
     spec = stream.StreamSpec(
         urls=tuple(shards.urls), counts=tuple(counts) if counts else None,
@@ -98,8 +107,9 @@ def build_fid(cfg: Config, accelerator, shards):
     disk, so only the first run on a data set pays for them); None when eval.every_kimg is 0."""
     if cfg.eval.every_kimg <= 0:
         return None
-    extractor = load_extractor(cfg.eval.inception, origin="eval.inception", device=accelerator.device,
-                               preprocess=cfg.eval.preprocess)
+    extractor = runtime.agree(accelerator, lambda: load_extractor(
+        cfg.eval.inception, origin="eval.inception", device=accelerator.device, preprocess=cfg.eval.preprocess),
+        USER_ERRORS)
     log.info("FID every %g kimg from %d samples: %s", cfg.eval.every_kimg, cfg.eval.num, extractor)
     source = ImageSource.from_shard_set(cfg.data.shards, shards)
     ref = reference_stats(accelerator, source, num=cfg.eval.ref_num, extractor=extractor, batch=cfg.eval.batch)
@@ -130,12 +140,14 @@ def model_args(cfg: Config) -> dict:
 
 def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> Progress:
     """Restore the newest (or the named) checkpoint into the prepared objects; a fresh Progress if none."""
-    path = checkpoint.find_resume(cfg.run.dir, cfg.resume)
+    # Rank zero verifies the files (and falls back past damaged ones); every rank loads what it chose.
+    path = runtime.agree(accelerator, lambda: checkpoint.find_resume(cfg.run.dir, cfg.resume), USER_ERRORS,
+                         only_main=True)
     if path is None:
         return Progress()
     meta = checkpoint.read_meta(path)
     checkpoint.verify_compatible(path, meta, arch)
-    progress, rank_state = checkpoint.load(accelerator, path)
+    progress, rank_state = runtime.agree(accelerator, lambda: checkpoint.load(accelerator, path), USER_ERRORS)
     layout = {"world_size": accelerator.num_processes, "workers": max(1, cfg.data.workers), "batch": cfg.train.batch}
     changed = {k: (meta.get(k), v) for k, v in layout.items() if meta.get(k) != v}
     if changed:
@@ -145,6 +157,34 @@ def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> Prog
         runtime.restore_noise(noise, rank_state["noise"], path)
     log.info("resumed from %s at kimg %.3f (step %d)", path, progress.nimg / 1000, progress.step)
     return progress
+
+
+def claim_run_dir(accelerator, run_dir: Path) -> Optional[runlock.RunLock]:
+    """Rank zero takes the run directory's lock before anything there is written (one training per
+    run.dir), then clears what interrupted saves left; every rank learns the outcome."""
+    held: list[runlock.RunLock] = []
+
+    def take() -> None:
+        try:
+            held.append(runlock.RunLock.acquire(run_dir))
+            for stale in checkpoint.clean_partial(run_dir):
+                log.warning("removed an interrupted checkpoint save: %s", stale)
+        except OSError as e:  # a full disk or a read-only mount: say so on every rank, not as a traceback
+            raise CheckpointError(f"cannot write in run.dir {run_dir} ({e}): check its disk space and permissions, "
+                                  "or point run.dir elsewhere") from None
+
+    runtime.agree(accelerator, take, USER_ERRORS, only_main=True)
+    return held[0] if held else None
+
+
+def record_failure(accelerator, run_dir: Path, lock, started: bool, error: str) -> None:
+    """status.json = failed, for `report` and Slurm, unless the run belongs to someone else (no lock) or
+    this start was refused before training: a refused start leaves an existing run's records alone."""
+    if accelerator.is_main_process and lock is not None and (started or not (run_dir / "status.json").exists()):
+        try:
+            tracking.write_status(run_dir, "failed", error=error)
+        except OSError as e:  # the disk that failed the run may refuse this too; the error is logged anyway
+            log.warning("could not record the failure in %s: %s", run_dir / "status.json", e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,14 +200,13 @@ def main(argv: list[str] | None = None) -> int:
 
     accelerator, precision = runtime.make_accelerator(cfg)
     run_dir = Path(cfg.run.dir)
-    if accelerator.is_main_process:
-        tracking.prepare_run_dir(cfg)
-        for stale in checkpoint.clean_partial(run_dir):
-            print(f"removed an interrupted checkpoint save: {stale}", file=sys.stderr)
-    accelerator.wait_for_everyone()
-    tracking.setup_logging(run_dir, accelerator.is_main_process, accelerator.process_index)
-    tracker = batches = None
+    # The console only, until the lock says this run.dir is ours: a refused start writes nothing there.
+    tracking.setup_logging(None, accelerator.is_main_process, accelerator.process_index)
+    tracker = batches = lock = None
+    started = False  # from here on the run's records (config.yaml, status.json) are this start's to write
     try:
+        lock = claim_run_dir(accelerator, run_dir)
+        tracking.setup_logging(run_dir, accelerator.is_main_process, accelerator.process_index)
         if cfg.train.batch % accelerator.num_processes:
             raise ConfigError(f"train.batch={cfg.train.batch} is the global batch and must divide by the "
                               f"{accelerator.num_processes} processes")
@@ -182,12 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         shards, loader = build_data(cfg, accelerator, progress)
         fid = build_fid(cfg, accelerator, shards)
         total_nimg = int(round(cfg.train.kimg * 1000))
-        if accelerator.is_main_process:
+        if accelerator.is_main_process:  # every start-up check passed: only now touch the run's records
+            tracking.prepare_run_dir(cfg)
             tracker = tracking.Tracker(cfg, run_dir, progress.nimg, total_nimg, accelerator.num_processes)
             tracker.status("running", progress.nimg)
             if progress.nimg == 0:
                 reals = stream.preview(shards.urls, cfg.train.sample_grid, m.resolution, m.channels)
                 tracker.images("Samples/reals", reals, 0, "reals.png")
+        started = True
         stop = runtime.StopRequest(accelerator.num_processes)  # before the loader forks its workers
         fixed_labels, grid_row = grid_labels(m.num_classes, cfg.train.sample_grid)
         n_grid = cfg.train.sample_grid if fixed_labels is None else len(fixed_labels)
@@ -214,13 +255,22 @@ def main(argv: list[str] | None = None) -> int:
                 tracker.hparams(overridden(cfg, args.overrides), progress.nimg)
             log.info("%s at kimg %.3f; run directory %s", outcome, progress.nimg / 1000, run_dir)
     except USER_ERRORS + (TrainingDiverged,) as e:
-        log.error("%s", e)
-        if accelerator.is_main_process:
-            tracking.write_status(run_dir, "failed", error=str(e))
+        if accelerator.is_main_process or not getattr(e, "shared", False):  # a shared error: said once, by rank 0
+            log.error("%s", e)
+        record_failure(accelerator, run_dir, lock, started, str(e))
+        if getattr(e, "shared", False) and accelerator.num_processes > 1:
+            # Every rank raised it at the same point: leave together, before torchrun, seeing one rank
+            # gone, SIGTERMs the others.
+            accelerator.wait_for_everyone()
         return 2 if isinstance(e, USER_ERRORS) else 1
     except BaseException as e:  # a bug or a crash: record it for `report`/Slurm, then show the traceback
-        if accelerator.is_main_process:
-            tracking.write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        record_failure(accelerator, run_dir, lock, started, f"{type(e).__name__}: {e}")
+        if runtime.peer_lost(e):
+            # Another rank failed (its own message says why) or died: this rank's collective traceback
+            # would only bury that message.
+            log.error("lost contact with another rank (%s): it failed (its message says why) or was killed",
+                      str(e).splitlines()[0][:200])
+            return 1
         raise
     finally:
         if tracker:
@@ -230,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         # tell them to stop now, on every exit path.
         if hasattr(batches, "_shutdown_workers"):
             batches._shutdown_workers()
+        if lock is not None:  # last: after the final status and the workers (forked with its descriptor)
+            lock.release()
     # Drop every reference to the prepared objects before the process group ends (see runtime.shutdown).
     del state, G, D, opt_g, opt_d, loader
     runtime.shutdown(accelerator)

@@ -53,3 +53,11 @@ def launch(config: str, overrides: list[str], timeout: float = 300) -> subproces
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def rank_exit_codes(launcher_output: str) -> dict[int, str]:
+    """The exit code torchrun reports for each failed rank: "2", "1", "-15" (SIGTERM), "-9"."""
+    import re
+
+    return {int(r): code for r, code in
+            re.findall(r"rank\s+: (\d+) \(local_rank: \d+\)\s+exitcode\s+: (-?\d+)", launcher_output)}
