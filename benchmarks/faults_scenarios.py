@@ -232,8 +232,9 @@ def _report_state(run: Path) -> str:
         return f"(report failed: {out.stderr.strip()[-200:]})"
 
 
-# Covered in --short by the kill trials (a killed launcher must leave status.json = stopped).
-FULL_ONLY = {"launcher killed"}
+# Left out of --short, where the suite covers them otherwise: the kill trials (a killed launcher must
+# leave status.json = stopped) and tests/test_checkpoint.py (a refused resume leaves the records alone).
+FULL_ONLY = {"launcher killed", "refused start keeps the run's records"}
 
 SCENARIOS = {
     "two starts on one run.dir": two_starts,

@@ -154,15 +154,16 @@ def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state
                 shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(_write_failure(root, final, e, needed[0])) from None
 
-    def start() -> None:
+    def start() -> int:
         root.mkdir(parents=True, exist_ok=True)
         needed[0] = expected_size(root, accelerator)
         if name is None:
             ensure_space(root, needed[0], make_room)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        return needed[0]
 
-    phase(start, only_main=True)
+    needed[0] = phase(start, only_main=True)  # every rank's error message can then name the size
 
     def write_rank_files() -> None:
         accelerator.save_state(str(tmp))

@@ -255,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
                 tracker.hparams(overridden(cfg, args.overrides), progress.nimg)
             log.info("%s at kimg %.3f; run directory %s", outcome, progress.nimg / 1000, run_dir)
     except USER_ERRORS + (TrainingDiverged,) as e:
-        if accelerator.is_main_process or not getattr(e, "shared", False):  # a shared error: said once, by rank 0
+        # Raised by every rank at the same point (agreed, or judged on the same reduced statistics):
+        # said once, by rank 0.
+        collective = getattr(e, "shared", False) or isinstance(e, TrainingDiverged)
+        if accelerator.is_main_process or not collective:
             log.error("%s", e)
         record_failure(accelerator, run_dir, lock, started, str(e))
-        if getattr(e, "shared", False) and accelerator.num_processes > 1:
+        if collective and accelerator.num_processes > 1:
             # Every rank raised it at the same point: leave together, before torchrun, seeing one rank
             # gone, SIGTERMs the others.
             accelerator.wait_for_everyone()
