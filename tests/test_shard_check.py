@@ -9,7 +9,6 @@ with ordinary file operations (`os.truncate`, appends, overwrites).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from dcgan_dist.data import cache, locate, stream, tario
 from dcgan_dist.data.locate import DataError
 from dcgan_dist.data.shards import INDEX_NAME, write_shards
 from dcgan_dist.data.stream import StreamSpec
+from test_data import _tar_with  # the tar writer of the reader's own tests: every tar flavour
 
 RES = 8
 FIX = "python -m dcgan_dist.prepare"
@@ -187,14 +187,6 @@ def test_remote_urls_are_not_walked(tmp_path):
 # --------------------------------------------------------------------------------------------
 # walk_tar agrees with the reader on every tar flavour the reader accepts
 # --------------------------------------------------------------------------------------------
-
-def _tar_with(path: Path, files: dict, fmt: int, mode: str = "w") -> None:
-    with tarfile.open(path, mode, format=fmt) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 1.5  # a float mtime forces pax records in PAX_FORMAT
-            tar.addfile(info, io.BytesIO(data))
-
 
 @pytest.mark.parametrize("fmt, mode", [(tarfile.PAX_FORMAT, "w"), (tarfile.GNU_FORMAT, "w"),
                                        (tarfile.USTAR_FORMAT, "w"), (tarfile.PAX_FORMAT, "w:gz")])
