@@ -26,6 +26,7 @@ def test_fault_harness_short_mode(tmp_path):
     result = json.loads(out.read_text())
     t = result["totals"]
     assert proc.returncode == 0 and result["ok"], proc.stdout[-6000:]
+    assert "world size 2" in (tmp_path / "work" / "logs" / "reference.log").read_text()  # 2 ranks, one group
     assert t["trials"] == 3 and t["hangs"] == t["processes_left"] == t["corrupt_checkpoints"] == 0
     assert t["failed_resumes"] == 0 and t["runs_completed"] >= 1 and t["bit_identical"] == t["runs_completed"]
     assert t["scenarios"] == 6 and t["scenarios_passed"] == 6  # two run in the full mode only (FULL_ONLY)
