@@ -32,17 +32,16 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from . import integrity, runtime
+from .errors import UserError
+from .layout import CKPT_DIR, GENERATOR, META
 
 log = logging.getLogger("dcgan_dist")
 
-CKPT_DIR = "checkpoints"
-META = integrity.META
-GENERATOR = "generator.safetensors"
 FORMAT = "dcgan-dist-checkpoint/1"
 _NAME = re.compile(r"^\d{6}\.\d{3}$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used, with a message that says why and what to do."""
 
 

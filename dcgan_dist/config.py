@@ -19,6 +19,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import UserError
+
 
 def opt(default: Any, help: str) -> Any:
     """A schema field with its one-line help; `--help` prints these."""
@@ -156,7 +158,7 @@ class Config:
     seed: int = opt(0, "seed for weights, noise, data order and sample grids")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config problem worth a one-paragraph message, not a traceback."""
 
 

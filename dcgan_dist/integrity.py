@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-META = "meta.json"
+from .layout import META
 _CHUNK = 1 << 20
 
 

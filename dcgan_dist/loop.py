@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 import torch
 from accelerate.utils import gather_object
 
-from . import checkpoint
+from . import checkpoint, layout
 from .checkpoint import Progress
 from .config import Config
 from .ema import GeneratorEMA
@@ -244,7 +244,7 @@ class Loop:
             fakes = G(z) if s.fixed_labels is None else G(z, s.fixed_labels.to(s.accelerator.device))
         G.train(was_training)
         nimg = s.progress.nimg
-        s.tracker.images("Samples/fixed_noise", fakes, nimg, f"fakes_{checkpoint.name_for(nimg)}.png", nrow=s.grid_row)
+        s.tracker.images("Samples/fixed_noise", fakes, nimg, layout.fakes_name(checkpoint.name_for(nimg)), nrow=s.grid_row)
 
     def evaluate(self) -> None:
         """Collective: FID (and IS) of G, logged to TensorBoard and metrics.jsonl; a new best FID is

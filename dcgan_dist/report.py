@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional
 from .runlock import run_dead_reason
 from .sweep import RECORD
 
-STATUS, STATS, METRICS = "status.json", "stats.jsonl", "metrics.jsonl"
+from .layout import METRICS, STATS, STATUS
 
 
 def _json(path: Path) -> Optional[dict]:

@@ -45,9 +45,11 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from .errors import UserError
+from .layout import LOCK
+
 log = logging.getLogger("dcgan_dist")
 
-LOCK = "lock.json"
 HEARTBEAT_S = 15.0  # how often a holder touches its lock file
 # A holder on another host whose heartbeat is older than this is dead: eight missed heartbeats,
 # enough for a node under heavy I/O or a short NFS stall, short enough that a crashed node's run can
@@ -57,7 +59,7 @@ TAKEOVER_TIMEOUT_S = 30.0  # a takeover mark this old belongs to a starter that 
 START_PATIENCE_S = 5.0  # how long a starter waits for a concurrent takeover to finish before refusing
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError, RuntimeError):
     """run.dir is in use by another training (the message names it and says what to do)."""
 
 

@@ -39,8 +39,9 @@ from safetensors import SafetensorError
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from . import checkpoint, tracking
+from . import checkpoint, layout, tracking
 from .checkpoint import CheckpointError
+from .errors import UserError
 from .config import Config, ConfigError
 from .evaluate import config_from_meta, find_checkpoint, load_generator
 from .metrics.evaluation import latents
@@ -48,7 +49,7 @@ from .metrics.evaluation import latents
 log = logging.getLogger("dcgan_dist")
 
 
-class SampleError(ValueError):
+class SampleError(UserError, ValueError):
     """Bad input worth a one-paragraph message, not a traceback."""
 
 
@@ -237,7 +238,7 @@ def fakes_frames(samples: Path) -> list[tuple[float, Path]]:
 
 
 def write_gif(target: str, path: str, fps: float) -> None:
-    samples = run_dir_of(target) / "samples"
+    samples = run_dir_of(target) / layout.SAMPLES
     frames = fakes_frames(samples)
     if not frames:
         raise SampleError(f"--gif: no fakes_<kimg>.png in {samples}. --gif needs the run directory (or a checkpoint "

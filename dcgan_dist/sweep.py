@@ -41,14 +41,15 @@ import yaml
 
 from . import config as config_mod
 from .config import ConfigError
+from .errors import UserError
+from .layout import SWEEP_RECORD as RECORD
 
 SWEEP_SCRIPT = "slurm/sweep.sh"
-RECORD = "sweep.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 _MAX_NAME = 120
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A problem with a sweep file or an array index, worth a one-line message."""
 
 

@@ -3,18 +3,7 @@
 Per-step numbers are accumulated on the device (no `.item()` in the hot loop, which would sync
 the GPU every step) and reduced across ranks once per tick. Only rank zero writes files.
 
-Run directory layout:
-
-    config.yaml       the resolved config (every key, after extends and overrides)
-    log.txt           the text log (rank zero), appended across resumes
-    lock.json         while a training runs: who holds the run directory (see runlock.py)
-    status.json       state (running / stopped / complete / failed), kimg, world size, last checkpoint,
-                      who writes it (host, PIDs, Slurm job) and a heartbeat, so `report` can tell a
-                      dead run from a running one
-    stats.jsonl       one JSON line per tick
-    events.out.tfevents.*   TensorBoard scalars and sample images
-    samples/          reals.png and fakes_<kimg>.png fixed-noise grids
-    checkpoints/      see checkpoint.py
+The run directory's files are named in layout.py.
 """
 
 from __future__ import annotations
@@ -35,8 +24,9 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from . import config as config_mod
-from . import runlock
+from . import layout, runlock
 from .config import Config
+from .errors import UserError
 
 log = logging.getLogger("dcgan_dist")
 
@@ -61,7 +51,7 @@ def setup_logging(run_dir: Optional[Path], is_main: bool, rank: int) -> None:
     console.setFormatter(fmt)
     log.addHandler(console)
     if is_main and run_dir is not None:
-        file_handler = logging.FileHandler(run_dir / "log.txt")
+        file_handler = logging.FileHandler(run_dir / layout.LOG)
         file_handler.setFormatter(fmt)
         log.addHandler(file_handler)
 
@@ -77,7 +67,7 @@ def write_status(run_dir: Path, state: str, **fields) -> None:
     It also names the writer (host, rank zero's and the launcher's PID, Slurm job: `runlock.identity()`)
     and carries a heartbeat (Unix time), by which `report` shows a `running` run whose trainer is gone
     as `dead`."""
-    write_json_atomic(Path(run_dir) / "status.json",
+    write_json_atomic(Path(run_dir) / layout.STATUS,
                       {"state": state, **fields, **runlock.identity(), "heartbeat": time.time(),
                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
@@ -106,7 +96,7 @@ class StepStats:
         return {name: packed[i].item() / steps for i, name in enumerate(self.names)}, int(packed[-1].item())
 
 
-class RunDirError(OSError):
+class RunDirError(UserError, OSError):
     """Rank zero could not write a run file (a full disk, a read-only mount): one message naming the
     file, the free space and the fix, instead of a traceback from deep inside PIL or json."""
 
@@ -140,11 +130,11 @@ class Tracker:
         from torch.utils.tensorboard import SummaryWriter  # imported here: only rank zero needs it
 
         self.run_dir = run_dir
-        self.samples_dir = run_dir / "samples"
+        self.samples_dir = run_dir / layout.SAMPLES
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         # purge_step drops events a crashed attempt logged past the checkpoint we resume from.
         self.writer = SummaryWriter(str(run_dir), purge_step=start_nimg if start_nimg > 0 else None)
-        self.stats_file = open(run_dir / "stats.jsonl", "a")
+        self.stats_file = open(run_dir / layout.STATS, "a")
         self.world_size = world_size
         self.total_nimg = total_nimg
         self.last_values: dict[str, float] = {}
@@ -176,7 +166,7 @@ class Tracker:
             if result.get(key) is not None:
                 self.writer.add_scalar(tag, result[key], global_step=nimg)
         self.writer.flush()
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
+        with open(self.run_dir / layout.METRICS, "a") as f:
             f.write(json.dumps({"kimg": nimg / 1000, **result}) + "\n")
 
     @_writes("a sample grid (samples/)")
@@ -202,7 +192,7 @@ class Tracker:
         # run_name=".": written into the run's own directory, so the tab lists the run under its own name.
         self.writer.add_hparams(values, metrics, run_name=".", global_step=nimg)
 
-    @_writes("status.json")
+    @_writes(layout.STATUS)
     def status(self, state: str, nimg: int, **extra) -> None:
         self.last_status = (state, extra)
         write_status(self.run_dir, state, kimg=nimg / 1000, total_kimg=self.total_nimg / 1000,
@@ -224,5 +214,5 @@ def prepare_run_dir(cfg: Config) -> Path:
     """Create the run directory and store the resolved config there (rank zero)."""
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_mod.to_yaml(cfg))
+    (run_dir / layout.CONFIG).write_text(config_mod.to_yaml(cfg))
     return run_dir

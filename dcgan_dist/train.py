@@ -19,7 +19,7 @@ import torch
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
-from . import checkpoint, config, engines, runlock, runtime, tracking
+from . import checkpoint, config, engines, layout, runlock, runtime, tracking
 from .checkpoint import CheckpointError, Progress
 from .config import Config, ConfigError
 from .data import cache, locate, stream
@@ -180,11 +180,11 @@ def claim_run_dir(accelerator, run_dir: Path) -> Optional[runlock.RunLock]:
 def record_failure(accelerator, run_dir: Path, lock, started: bool, error: str) -> None:
     """status.json = failed, for `report` and Slurm, unless the run belongs to someone else (no lock) or
     this start was refused before training: a refused start leaves an existing run's records alone."""
-    if accelerator.is_main_process and lock is not None and (started or not (run_dir / "status.json").exists()):
+    if accelerator.is_main_process and lock is not None and (started or not (run_dir / layout.STATUS).exists()):
         try:
             tracking.write_status(run_dir, "failed", error=error)
         except OSError as e:  # the disk that failed the run may refuse this too; the error is logged anyway
-            log.warning("could not record the failure in %s: %s", run_dir / "status.json", e)
+            log.warning("could not record the failure in %s: %s", run_dir / layout.STATUS, e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             tracker.status("running", progress.nimg)
             if progress.nimg == 0:
                 reals = stream.preview(shards.urls, cfg.train.sample_grid, m.resolution, m.channels)
-                tracker.images("Samples/reals", reals, 0, "reals.png")
+                tracker.images("Samples/reals", reals, 0, layout.REALS)
         started = True
         stop = runtime.StopRequest(accelerator.num_processes)  # before the loader forks its workers
         fixed_labels, grid_row = grid_labels(m.num_classes, cfg.train.sample_grid)

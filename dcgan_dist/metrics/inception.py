@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .inception_net import FEATURE_DIM, FIDInceptionV3, from_torchscript_state
+from ..errors import UserError
 
 PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
@@ -62,7 +63,7 @@ PIPELINE_VERSION = 1
 Images = Union[Tensor, Sequence[Tensor]]
 
 
-class InceptionWeightsError(RuntimeError):
+class InceptionWeightsError(UserError, RuntimeError):
     """The Inception weights cannot be found, fetched or read; the message says how to supply them."""
 
 

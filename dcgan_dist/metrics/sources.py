@@ -21,6 +21,7 @@ from PIL import Image
 from ..data import locate
 from ..data.tario import ShardReadError, tar_samples
 from ..data.shards import DatasetIndex
+from ..errors import UserError
 
 log = logging.getLogger("dcgan_dist.metrics")
 
@@ -28,7 +29,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _SAMPLE_KEYS = tuple(e[1:] for e in IMAGE_EXTS)
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """An image set that cannot be read, with the path and the fix in the message."""
 
 
