@@ -54,6 +54,7 @@ from dcgan_dist.data.shards import encode_png, write_shards
 from dcgan_dist import config as config_mod
 from dcgan_dist.loop import to_unit_range
 from dcgan_dist.step import GANStep
+from dcgan_dist.config import ModelCfg
 from dcgan_dist.models import build_models, count_params, stage_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             AcceleratorState._reset_state(reset_partial_state=True)  # a second precision in one process
             acc = Accelerator(cpu=True, mixed_precision=precision)
             torch.manual_seed(0)
-            G, D = build_models(res, channels, Z_DIM, WIDTH, WIDTH)
+            G, D = build_models(ModelCfg(resolution=res, channels=channels, z_dim=Z_DIM, g_width=WIDTH, d_width=WIDTH))
             n_params = (count_params(G), count_params(D))
             opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
             opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))

@@ -64,12 +64,13 @@ def bare_loop(a: argparse.Namespace) -> dict:
     import torch.nn.functional as F
 
     from dcgan_dist.data.stream import preview
+    from dcgan_dist.config import ModelCfg
     from dcgan_dist.models import build_models
 
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     torch.manual_seed(0)
-    G, D = build_models(resolution=a.res, channels=3, z_dim=a.z, g_width=a.width, d_width=a.width)
+    G, D = build_models(ModelCfg(resolution=a.res, channels=3, z_dim=a.z, g_width=a.width, d_width=a.width))
     G, D = G.to(device), D.to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))

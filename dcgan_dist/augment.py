@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import AUGMENTS as POLICIES  # the names augment.policy accepts, listed once
+# The names augment.policy accepts (config.validate checks against this list).
+POLICIES = ("color", "translation", "cutout")
 
 
 def _uniform(n: int, gen: Optional[torch.Generator], like: Tensor) -> Tensor:

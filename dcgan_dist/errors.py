@@ -9,6 +9,7 @@ its traceback.
 from __future__ import annotations
 
 import logging
+import sys
 
 log = logging.getLogger("dcgan_dist")
 
@@ -20,6 +21,10 @@ class UserError(Exception):
 
 
 def report(error: UserError) -> int:
-    """Log a user error the way every CLI does, and return the exit status for it."""
-    log.error("%s", error)
+    """Say a user error the way every CLI does and return the exit status for it: through the log
+    when the tool has set one up (timestamped, also in a run's log.txt), else as `error: ...`."""
+    if log.handlers:
+        log.error("%s", error)
+    else:
+        print(f"error: {error}", file=sys.stderr)
     return EXIT_USER_ERROR

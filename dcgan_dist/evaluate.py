@@ -21,27 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
-from accelerate import Accelerator
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from . import checkpoint, runtime, tracking
-from .checkpoint import CheckpointError
-from .config import Config, ConfigError
+from . import checkpoint, errors, runtime, tracking
+from .errors import UserError
 from .metrics import evaluation
 from .metrics.evaluation import RefStats
-from .metrics.inception import PREPROCESS_MODES, InceptionWeightsError, load_extractor
+from .metrics.inception import PREPROCESS_MODES, load_extractor
 from .metrics.sources import SourceError, open_source
-from .models import Generator
 
 log = logging.getLogger("dcgan_dist")
-USER_ERRORS = (InceptionWeightsError, SourceError, CheckpointError, ConfigError, ValueError)
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -75,77 +66,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
-def make_accelerator() -> Accelerator:
-    """CPU when no GPU is visible; refuses a launch whose processes did not form one group."""
-    on_cpu = not torch.cuda.is_available()
-    if on_cpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    accelerator = Accelerator(cpu=on_cpu)
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != expected:
-        raise RuntimeError(f"accelerate formed {accelerator.num_processes} process(es) but WORLD_SIZE={expected}: "
-                           "on CPU use `accelerate launch --config_file launch/cpu.yaml`, not --cpu/--multi_gpu flags")
-    return accelerator
-
-
-def find_checkpoint(target: str) -> Path:
-    """The checkpoint directory itself, or the newest complete checkpoint of a run directory."""
-    path = Path(target)
-    if (path / checkpoint.META).is_file():
-        return path
-    found = checkpoint.complete_checkpoints(path)
-    if not found:
-        raise CheckpointError(f"{target}: neither a checkpoint (no {checkpoint.META}) nor a run directory with "
-                              f"complete checkpoints under {path / checkpoint.CKPT_DIR}")
-    return found[-1]
-
-
-def config_from_meta(ckpt: Path, meta: dict) -> Config:
-    """The training config stored in meta.json ("config"), checked against today's schema."""
-    if "config" not in meta:
-        raise CheckpointError(f"{ckpt / checkpoint.META} holds no 'config': it was not written by dcgan_dist.train")
-    stored = {k: v for k, v in meta["config"].items() if k in {f.name for f in Config.__dataclass_fields__.values()}}
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), stored))  # type: ignore[return-value]
-    except OmegaConfBaseException as e:
-        raise CheckpointError(f"the config in {ckpt / checkpoint.META} does not fit this version's schema: "
-                              f"{str(e).splitlines()[0]}") from None
-
-
-def load_generator(ckpt: Path, cfg: Config, device: torch.device) -> tuple[Generator, Path]:
-    """G rebuilt from the config and loaded from `generator.safetensors` (G alone, written under DDP and
-    DeepSpeed alike), or from `model.safetensors` (the first prepared model) in older checkpoints."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    weights = next((ckpt / n for n in (getattr(checkpoint, "GENERATOR", "generator.safetensors"), "model.safetensors")
-                    if (ckpt / n).is_file()), None)
-    if weights is None:
-        raise CheckpointError(f"{ckpt} has neither generator.safetensors nor model.safetensors (the generator's "
-                              "weights); it is not a dcgan_dist.train checkpoint or it was damaged")
-    m = cfg.model
-    G = Generator(m.resolution, m.channels, m.z_dim, m.g_width, m.max_channels, m.num_classes)
-    try:
-        state = load_file(str(weights))
-    except SafetensorError as e:
-        raise CheckpointError(f"{weights} is damaged and cannot be read ({e}); use an older checkpoint of the run "
-                              "(RUN/checkpoints/<kimg>)") from None
-    try:
-        G.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{weights} does not fit the generator of its config's model section: "
-                              f"{str(e).splitlines()[0]}") from None
-    return G.to(device).eval(), weights
-
-
 def run_checkpoint(args, accelerator, ctx: dict) -> dict:
-    ckpt = find_checkpoint(args.target)
-    meta = checkpoint.read_meta(ckpt)
-    cfg = config_from_meta(ckpt, meta)
-    inception = args.inception or (meta["config"].get("eval") or {}).get("inception")
+    opened = checkpoint.open_checkpoint(args.target)
+    ckpt, meta, cfg = opened.path, opened.meta, opened.cfg
+    inception = args.inception or cfg.eval.inception
     origin = "--inception" if args.inception else "eval.inception (checkpoint config)"
     extractor = _extractor(args, accelerator, inception, origin, ctx)
-    G, weights = load_generator(ckpt, cfg, accelerator.device)
+    G, weights = checkpoint.load_generator(opened, accelerator.device)
     data = args.data or cfg.data.shards
     try:
         source = open_source(data, cfg.model.resolution, cfg.model.channels,
@@ -176,11 +103,11 @@ def run_two_sets(args, accelerator, ctx: dict) -> dict:
         try:
             ref = evaluation.load_stats(args.real)
         except ValueError as e:  # its message starts with the path: say which option gave it
-            raise ValueError(f"--real {e}") from None
+            raise SourceError(f"--real {e}") from None
     else:
         real = _set_stats(args, accelerator, args.real, extractor, with_is=False, origin="--real")
         if real.n < 2:  # every rank sees the reduced count: they all stop here together
-            raise ValueError(f"--real {args.real}: FID needs at least 2 images, got {real.n}")
+            raise SourceError(f"--real {args.real}: FID needs at least 2 images, got {real.n}")
         ref = RefStats(count=real.n, key={})
         if accelerator.is_main_process:
             ref.mu, ref.sigma = real.mean_cov()
@@ -224,7 +151,7 @@ def report(result: dict, ctx: dict) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    accelerator = make_accelerator()
+    accelerator, _ = runtime.make_accelerator()
     tracking.setup_logging(None, accelerator.is_main_process, accelerator.process_index)
     logging.getLogger("dcgan_dist.metrics").setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
     ctx: dict = {"world_size": accelerator.num_processes}
@@ -235,9 +162,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             result = run_two_sets(args, accelerator, ctx)
         else:
             result = run_precompute(args, accelerator, ctx)
-    except USER_ERRORS as e:
-        log.error("%s", e)
-        return 2
+    except UserError as e:
+        return errors.report(e)
     doc = report(result, ctx)
     if accelerator.is_main_process:
         parts = [f"FID {doc['fid']:.4f}" if doc.get("fid") is not None else None,

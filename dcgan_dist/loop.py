@@ -1,38 +1,34 @@
-"""One training step, and the loop that counts images and does maintenance at tick boundaries.
+"""The training loop: steps, counted in images, with maintenance at tick boundaries.
 
 Progress is counted in images shown to D (all ranks together), so runs stay comparable across
 world sizes and endless streams need no epochs. Everything that is not a training step — stats,
-logs, sample grids, checkpoints — happens at a tick boundary, every `train.tick_kimg`.
+logs, sample grids, evaluations, checkpoints — happens at a tick boundary, every `train.tick_kimg`
+(see cadence.py), after one reduction of the tick's statistics across ranks.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Optional
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import torch
-from accelerate.utils import gather_object
 
 from . import checkpoint, layout
-from .checkpoint import Progress
+from .cadence import Cadence
+from .checkpoint import CheckpointManager, Progress
 from .config import Config
 from .ema import GeneratorEMA
-from .metrics.evaluation import evaluate_generator
+from .evaluator import TrainingEvaluator
+from .grid import SampleGrid
+from .monitors import CollapseMonitor, DivergenceMonitor
 from .optim import apply_schedule
-from .runtime import StopRequest
+from .runtime import StopRequest, batch_per_rank
 from .step import STEP_STATS, GANStep
 from .tracking import StepStats, Tracker
 
 log = logging.getLogger("dcgan_dist")
-
-
-class TrainingDiverged(RuntimeError):
-    """The losses stopped being finite; nothing after the last checkpoint is kept."""
 
 
 def to_unit_range(images_u8: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -40,86 +36,51 @@ def to_unit_range(images_u8: torch.Tensor, device: torch.device, dtype: torch.dt
     return images_u8.to(device, non_blocking=True).float().div_(127.5).sub_(1.0).to(dtype)
 
 
-def grid_labels(num_classes: int, grid: int) -> tuple[Optional[torch.Tensor], int]:
-    """The sample grid's class labels and images per row. Unconditional: None and sqrt(grid). Conditional:
-    each class fills whole rows, classes top to bottom (10 classes in 100 images: a row each; 2 classes
-    in 64: four rows of 8 each), at least one row per class."""
-    cols = max(1, int(math.sqrt(grid)))
-    if not num_classes:
-        return None, cols
-    per_class = max(cols, (grid // num_classes) // cols * cols)
-    return torch.arange(num_classes).repeat_interleave(per_class), cols
-
-
 @dataclass
-class LoopState:
-    """Everything the loop needs besides the models; built by train.py."""
+class Models:
+    """The prepared training objects (DDP- or DeepSpeed-wrapped), built by train.build_training."""
 
-    cfg: Config
-    accelerator: Any
     G: torch.nn.Module
     D: torch.nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
-    batches: Iterator[dict]
-    noise: torch.Generator  # this rank's generator on the training device (its state is checkpointed per rank)
-    fixed_z: torch.Tensor  # the sample grid's latents, the same for the whole run
-    progress: Progress
-    stop: StopRequest
-    tracker: Optional[Tracker]  # rank zero only
-    meta: dict  # architecture, config and data layout stored in every checkpoint
-    dataset_size: Optional[int] = None
-    fixed_labels: Optional[torch.Tensor] = None  # the grid's classes (conditional G): whole rows per class
-    grid_row: Optional[int] = None  # images per row of the sample grid (default: square)
-    dtype: torch.dtype = torch.float32  # the models' input dtype (bf16/fp16 under DeepSpeed mixed precision)
-    fid: Optional[tuple] = None  # (extractor, reference statistics) when eval.every_kimg > 0
     ema: Optional[GeneratorEMA] = None  # the averaged G used for samples and FID (ema.half_life_kimg > 0)
-    class_probs: Optional[list] = None  # the training set's class frequencies (conditional FID labels)
-    last_checkpoint: Optional[str] = None
-    extra_scalars: dict = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32  # the models' input dtype (bf16/fp16 under DeepSpeed mixed precision)
 
 
 class Loop:
-    def __init__(self, s: LoopState):
-        self.s = s
-        cfg = s.cfg
-        self.global_batch = cfg.train.batch
-        self.batch_per_rank = cfg.train.batch // s.accelerator.num_processes
-        self.z_dim = cfg.model.z_dim
-        self.total_nimg = int(round(cfg.train.kimg * 1000))
-        self.tick_nimg = max(1, int(round(cfg.train.tick_kimg * 1000)))
-        self.sample_nimg = max(1, int(round(cfg.train.sample_every_kimg * 1000)))
-        self.ckpt_nimg = max(1, int(round(cfg.checkpoint.every_kimg * 1000)))
-        self.eval_nimg = max(1, int(round(cfg.eval.every_kimg * 1000))) if s.fid else 0
-        self.last_eval_nimg = s.progress.nimg
-        best = Path(cfg.run.dir) / checkpoint.CKPT_DIR / "best" / checkpoint.META  # survives resumes
-        self.best_fid = json.loads(best.read_text()).get("fid") if best.is_file() else None
-        self.stats = StepStats(s.accelerator.device, STEP_STATS)
-        self.step = GANStep(cfg, s.accelerator, s.G, s.D, s.opt_g, s.opt_d, s.noise, s.ema)
-        self.collapse_warned = False
-        self.explode_ticks = 0  # consecutive ticks with |loss| > train.loss_limit
+    def __init__(self, cfg: Config, accelerator, models: Models, batches: Iterator[dict], noise: torch.Generator,
+                 progress: Progress, stop: Optional[StopRequest], tracker: Optional[Tracker],
+                 checkpoints: CheckpointManager, grid: SampleGrid, evaluator: Optional[TrainingEvaluator] = None,
+                 dataset_size: Optional[int] = None):
+        self.cfg, self.accelerator, self.m = cfg, accelerator, models
+        self.batches, self.progress, self.stop = batches, progress, stop
+        self.noise = noise  # this rank's generator on the training device (checkpointed per rank)
+        self.tracker = tracker  # rank zero only
+        self.checkpoints, self.grid, self.evaluator, self.dataset_size = checkpoints, grid, evaluator, dataset_size
+        self.cadence = Cadence.from_config(cfg, progress.nimg)
+        self.batch = batch_per_rank(cfg, accelerator.num_processes)
+        self.step = GANStep(cfg, accelerator, models.G, models.D, models.opt_g, models.opt_d, noise, models.ema)
+        self.stats = StepStats(accelerator.device, STEP_STATS)
+        self.divergence = DivergenceMonitor(cfg)
+        self.collapse = CollapseMonitor(cfg, self.cadence.total, self.cadence.tick, accelerator.is_main_process)
         self.bad_total = 0
-        self.last_ckpt_nimg = self.last_sample_nimg = s.progress.nimg
-        self.tick_start_nimg = s.progress.nimg
-        self.tick_start_time = time.time()
-        self.maintenance_time = 0.0
+        self.tick_start_nimg, self.tick_start_time, self.maintenance_time = progress.nimg, time.time(), 0.0
 
     def run(self) -> str:
         """Train until `train.kimg` or a stop signal; returns 'complete' or 'stopped'."""
-        s = self.s
-        next_tick = self.tick_start_nimg + self.tick_nimg
-        if s.progress.nimg == 0:
+        if self.progress.nimg == 0:
             self.sample_grid()  # the untrained generator: the first frame of the progress animation
-        while s.progress.nimg < self.total_nimg:
-            if s.stop.poll():
+        while self.progress.nimg < self.cadence.total:
+            if self.stop is not None and self.stop.poll():
                 log.warning("stop requested (%s): saving a checkpoint at kimg %.3f and exiting",
-                            s.stop.signame or "signal on another rank", s.progress.nimg / 1000)
+                            self.stop.signame or "signal on another rank", self.progress.nimg / 1000)
                 self.maintenance(final=True, stopping=True)
                 return "stopped"
-            self.train_step(next(s.batches))
-            if s.progress.nimg >= next_tick and s.progress.nimg < self.total_nimg:
+            self.train_step(next(self.batches))
+            if self.cadence.tick_due(self.progress.nimg):
                 self.maintenance()
-                next_tick = s.progress.nimg + self.tick_nimg
+                self.cadence.tick_done(self.progress.nimg)
         self.maintenance(final=True)
         return "complete"
 
@@ -127,159 +88,95 @@ class Loop:
         """One step on one batch. Nothing here waits for the device: the batch's (pinned) uint8 images
         go over with non_blocking, the latents are drawn on the device from the rank's generator and
         the statistics stay there until the tick's reduction."""
-        s, device = self.s, self.s.accelerator.device
-        z = torch.randn(self.batch_per_rank, self.z_dim, generator=s.noise, device=device).to(s.dtype)
-        real = to_unit_range(batch["image"], device, s.dtype)
+        m, device, global_batch = self.m, self.accelerator.device, self.cfg.train.batch
+        z = torch.randn(self.batch, self.cfg.model.z_dim, generator=self.noise, device=device).to(m.dtype)
+        real = to_unit_range(batch["image"], device, m.dtype)
         labels = batch["label"].to(device, non_blocking=True) if self.step.conditional else None
-        apply_schedule(s.cfg, s.opt_g, s.opt_d, s.progress.nimg)
-        self.stats.add(self.step(real, z, labels, s.progress.nimg + self.global_batch), batch["bad"])
-        s.progress.nimg += self.global_batch
-        s.progress.step += 1
-        if s.tracker:
-            s.tracker.step(self.global_batch)
-
-    # ---- maintenance at tick boundaries -------------------------------------------------------
+        apply_schedule(self.cfg, m.opt_g, m.opt_d, self.progress.nimg)
+        self.stats.add(self.step(real, z, labels, self.progress.nimg + global_batch), batch["bad"])
+        self.progress.nimg += global_batch
+        self.progress.step += 1
+        if self.tracker:
+            self.tracker.step(global_batch)
 
     def maintenance(self, final: bool = False, stopping: bool = False) -> None:
-        nimg = self.s.progress.nimg
+        """At a tick boundary: report the tick, then whatever of samples, evaluation, checkpoint is due."""
+        nimg, c = self.progress.nimg, self.cadence
         if self.stats.steps > 0:  # a stop right after a tick has nothing new to report (it would log zeros)
             self.report()
         t0 = time.time()
-        if final or nimg // self.sample_nimg > self.last_sample_nimg // self.sample_nimg:
+        if c.sample.due(nimg, final):
             self.sample_grid()
-            self.last_sample_nimg = nimg
+            c.sample.done(nimg)
         # Before the checkpoint (its meta can then hold the FID), and not when stopping: a preempted
         # job has seconds for its checkpoint, not minutes for an evaluation.
-        due = final or nimg // max(self.eval_nimg, 1) > self.last_eval_nimg // max(self.eval_nimg, 1)
-        if self.eval_nimg and due and not stopping:
+        if self.evaluator is not None and c.evaluate.due(nimg, final) and not stopping:
             self.evaluate()
-            self.last_eval_nimg = nimg
-        if final or nimg // self.ckpt_nimg > self.last_ckpt_nimg // self.ckpt_nimg:
+            c.evaluate.done(nimg)
+        if c.checkpoint.due(nimg, final):
             self.save_checkpoint()
-            self.last_ckpt_nimg = nimg
+            c.checkpoint.done(nimg)
         self.maintenance_time = time.time() - t0
         self.tick_start_nimg, self.tick_start_time = nimg, time.time()
 
     def report(self) -> None:
         """Reduce the tick's stats across ranks (one collective), check them, log them."""
-        s, nimg = self.s, self.s.progress.nimg
-        values, bad = self.stats.reduce(s.accelerator)
+        nimg = self.progress.nimg
+        values, bad = self.stats.reduce(self.accelerator)
         self.bad_total += bad
-        if not all(math.isfinite(v) for v in values.values()):
-            last = s.last_checkpoint or "none yet"
-            raise TrainingDiverged(
-                f"losses became non-finite between kimg {self.tick_start_nimg / 1000:.3f} and {nimg / 1000:.3f} "
-                f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}). Nothing after the last checkpoint "
-                f"({last}) is saved. Resume from it with resume=auto and lower optim.g_lr/optim.d_lr, set "
-                "loss.real_label=0.9, or use train.mixed_precision=no.")
-        self.check_explosion(values, nimg)
+        self.divergence.check(values, self.tick_start_nimg, nimg, self.checkpoints.last)
         values["Diversity/ratio"] = values["Diversity/fake"] / max(values["Diversity/real"], 1e-12)
-        self.check_collapse(values["Diversity/ratio"], nimg)
+        self.collapse.check(values["Diversity/ratio"], nimg)
         # The tick's clock starts after the previous maintenance, so this is training time only.
         train_time = max(time.time() - self.tick_start_time, 1e-9)
         values.update({
             "Speed/img_per_sec": (nimg - self.tick_start_nimg) / train_time,
             "Speed/sec_per_kimg": train_time * 1000 / max(nimg - self.tick_start_nimg, 1),
             "Speed/maintenance_sec": self.maintenance_time,
-            "LR/G": s.opt_g.param_groups[0]["lr"],
-            "LR/D": s.opt_d.param_groups[0]["lr"],
+            "LR/G": self.m.opt_g.param_groups[0]["lr"],
+            "LR/D": self.m.opt_d.param_groups[0]["lr"],
             "Data/bad_samples": float(self.bad_total),
             "Progress/kimg": nimg / 1000,
-            **s.extra_scalars,
         })
-        if s.dataset_size:
-            values["Progress/epoch"] = nimg / s.dataset_size
-        if s.tracker:
-            s.tracker.tick(nimg, values)
-            s.tracker.heartbeat(nimg)  # status.json: this run is alive (report tells dead runs by it)
+        if self.dataset_size:
+            values["Progress/epoch"] = nimg / self.dataset_size
+        if self.tracker:
+            self.tracker.tick(nimg, values)
+            self.tracker.heartbeat(nimg)  # status.json: this run is alive (report tells dead runs by it)
         log.info("kimg %9.3f/%.3f | D %.4f G %.4f | D(x) %.3f D(G(z)) %.3f | %.1f img/s%s",
-                 nimg / 1000, self.total_nimg / 1000, values["Loss/D"], values["Loss/G"], values["D/real"],
+                 nimg / 1000, self.cadence.total / 1000, values["Loss/D"], values["Loss/G"], values["D/real"],
                  values["D/fake"], values["Speed/img_per_sec"],
                  f" | {self.bad_total} bad samples replaced" if self.bad_total else "")
 
-    def check_explosion(self, values: dict[str, float], nimg: int) -> None:
-        """Finite but exploding losses (e.g. a learning rate of 1e10 drives them to ~1e22) train nothing
-        useful: stop like a NaN once they stay above train.loss_limit for train.loss_limit_ticks ticks.
-        Every rank sees the same reduced values, so all stop at the same tick."""
-        limit, ticks = self.s.cfg.train.loss_limit, self.s.cfg.train.loss_limit_ticks
-        worst = max(abs(values["Loss/D"]), abs(values["Loss/G"]))
-        self.explode_ticks = self.explode_ticks + 1 if limit and worst > limit else 0
-        if self.explode_ticks >= ticks:
-            raise TrainingDiverged(
-                f"losses exploded: |loss| above train.loss_limit={limit:g} for {ticks} ticks in a row, up to kimg "
-                f"{nimg / 1000:.3f} (Loss/D={values['Loss/D']:.4g}, Loss/G={values['Loss/G']:.4g}). Nothing after the "
-                f"last checkpoint ({self.s.last_checkpoint or 'none yet'}) is saved. Resume from it with resume=auto "
-                "and lower optim.g_lr/optim.d_lr, or raise train.loss_limit if such losses are expected (0 = off).")
-
-    def check_collapse(self, ratio: float, nimg: int) -> None:
-        """Warn (once per collapse) when generated batches are much less diverse than real ones. The
-        first ticks are exempt: an untrained G draws near-identical blobs by construction."""
-        threshold = self.s.cfg.train.collapse_threshold
-        if not threshold or nimg < min(0.05 * self.total_nimg, 20 * self.tick_nimg):
-            return
-        if ratio < threshold and not self.collapse_warned and self.s.accelerator.is_main_process:
-            log.warning("possible mode collapse at kimg %.3f: generated batches are %.2f as diverse as real ones "
-                        "(Diversity/ratio < train.collapse_threshold=%g). Keep the earlier checkpoints; consider "
-                        "augment.policy=color,translation,cutout, loss.label_flip, model.d_dropout or a lower optim.d_lr",
-                        nimg / 1000, ratio, threshold)
-        self.collapse_warned = ratio < threshold
-
     def sampler(self) -> torch.nn.Module:
         """The generator samples and FID use: the EMA (its BatchNorm statistics re-estimated) or G."""
-        s = self.s
-        G = s.accelerator.unwrap_model(s.G)
-        return s.ema.recalibrate(G) if s.ema is not None else G
+        G = self.accelerator.unwrap_model(self.m.G)
+        return self.m.ema.recalibrate(G) if self.m.ema is not None else G
 
     def sample_grid(self) -> None:
-        """Rank zero renders the fixed-noise grid with G in eval mode (no BatchNorm statistics change)."""
-        s = self.s
-        if s.tracker is None:
+        """Rank zero renders the fixed-noise grid."""
+        if self.tracker is None:
             return
-        G = self.sampler()
-        was_training = G.training
-        G.eval()
-        dtype = next(G.parameters()).dtype
-        with torch.no_grad():
-            z = s.fixed_z.to(s.accelerator.device, dtype)
-            fakes = G(z) if s.fixed_labels is None else G(z, s.fixed_labels.to(s.accelerator.device))
-        G.train(was_training)
-        nimg = s.progress.nimg
-        s.tracker.images("Samples/fixed_noise", fakes, nimg, layout.fakes_name(checkpoint.name_for(nimg)), nrow=s.grid_row)
+        nimg = self.progress.nimg
+        fakes = self.grid.render(self.sampler(), self.accelerator.device)
+        self.tracker.images("Samples/fixed_noise", fakes, nimg, layout.fakes_name(checkpoint.name_for(nimg)),
+                            nrow=self.grid.row)
 
     def evaluate(self) -> None:
-        """Collective: FID (and IS) of G, logged to TensorBoard and metrics.jsonl; a new best FID is
-        saved to checkpoints/best/, beside the rotation."""
-        s, e, nimg = self.s, self.s.cfg.eval, self.s.progress.nimg
-        extractor, ref = s.fid
-        result = evaluate_generator(s.accelerator, self.sampler(), num=e.num, batch=e.batch, z_dim=s.cfg.model.z_dim,
-                                    seed=s.cfg.seed, extractor=extractor, ref_stats=ref, progress=False,
-                                    class_probs=s.class_probs)
-        is_text = f" IS {result['is_mean']:.3f}" if result["is_mean"] is not None else ""
-        log.info("kimg %9.3f | FID %.3f%s (%d samples, %.0f s)", nimg / 1000, result["fid"], is_text,
-                 result["num"], result["seconds"])
-        if s.tracker:
-            s.tracker.metrics(nimg, result)
-        if self.best_fid is None or result["fid"] < self.best_fid:  # every rank has the same number
-            self.best_fid = result["fid"]
-            self.save_checkpoint(name="best", extra={"fid": result["fid"], "fid_num": e.num})
+        """Collective: the metrics of the sampler, logged; a new best FID is saved to checkpoints/best/."""
+        nimg = self.progress.nimg
+        result = self.evaluator(self.accelerator, self.sampler(), nimg)
+        if self.tracker:
+            self.tracker.metrics(nimg, result)
+        if self.checkpoints.is_best(result["fid"]):
+            self.checkpoints.save_best(self.progress, self.noise, *self._unwrapped(), self.sampler(),
+                                       fid=result["fid"], num=self.cfg.eval.num)
 
-    def save_checkpoint(self, name: Optional[str] = None, extra: Optional[dict] = None) -> None:
-        """Collective. Also proves the ranks agree: each rank's parameter digest goes into meta.json."""
-        s = self.s
-        G, D = s.accelerator.unwrap_model(s.G), s.accelerator.unwrap_model(s.D)
-        digests = gather_object([checkpoint.params_digest(G, D)])
-        if len(set(digests)) > 1:
-            log.error("ranks hold different parameters at kimg %.3f (digests %s): the processes are not "
-                      "training in sync", s.progress.nimg / 1000, digests)
-        meta = {**s.meta, "world_size": s.accelerator.num_processes, "param_digests": digests,
-                "generator": "ema" if s.ema is not None else "G", **(extra or {})}
-        path = checkpoint.save(s.accelerator, s.cfg.run.dir, s.progress, {"noise": s.noise.get_state()},
-                               meta, keep=s.cfg.checkpoint.keep, generator=self.sampler(), name=name,
-                               make_room=s.cfg.checkpoint.make_room)
-        if name is not None:
-            log.info("checkpoint %s (%s)", path, ", ".join(f"{k} {v:.4g}" for k, v in (extra or {}).items()))
-            return
-        s.last_checkpoint = str(path)
-        log.info("checkpoint %s", path)
-        if s.tracker:
-            s.tracker.status("running", s.progress.nimg, checkpoint=str(path))
+    def save_checkpoint(self) -> None:
+        """Collective: the rotation's checkpoint at this image count."""
+        path = self.checkpoints.save(self.progress, self.noise, *self._unwrapped(), self.sampler())
+        if self.tracker:
+            self.tracker.status("running", self.progress.nimg, checkpoint=str(path))
+
+    def _unwrapped(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        return self.accelerator.unwrap_model(self.m.G), self.accelerator.unwrap_model(self.m.D)

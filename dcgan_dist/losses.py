@@ -81,11 +81,12 @@ def g_wasserstein(fake: Tensor) -> Tensor:
     return -fake.float().mean()
 
 
-# Keyed by the loss.kind values config.LOSSES lists.
+# Keyed by the loss.kind values (LOSSES, which config.validate checks against).
 D_LOSSES: dict[str, Callable[..., Tensor]] = {
     "nonsaturating": d_nonsaturating, "lsgan": d_lsgan, "hinge": d_hinge, "wgan-gp": d_wasserstein}
 G_LOSSES: dict[str, Callable[[Tensor], Tensor]] = {
     "nonsaturating": g_nonsaturating, "lsgan": g_lsgan, "hinge": g_wasserstein, "wgan-gp": g_wasserstein}
+LOSSES = tuple(D_LOSSES)
 
 
 def gradient_penalty(D: Callable[..., Tensor], real: Tensor, fake: Tensor, labels: Optional[Tensor] = None,
@@ -125,6 +126,6 @@ def g_loss_nonsaturating(fake_logits: Tensor) -> Tensor:
     return g_nonsaturating(fake_logits)
 
 
-__all__ = ["D_LOSSES", "G_LOSSES", "d_targets", "gradient_penalty", "d_nonsaturating", "d_lsgan",
+__all__ = ["D_LOSSES", "G_LOSSES", "LOSSES", "d_targets", "gradient_penalty", "d_nonsaturating", "d_lsgan",
            "d_hinge", "d_wasserstein", "g_nonsaturating", "g_lsgan", "g_wasserstein",
            "d_loss_nonsaturating", "g_loss_nonsaturating"]

@@ -8,10 +8,14 @@ PyTorch DCGAN example exactly, except that the discriminator returns logits
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+if TYPE_CHECKING:
+    from .config import ModelCfg
 
 # Normalisation layers D may use after each hidden conv ("layer" is LayerNorm over C x H x W).
 D_NORMS = ("batch", "layer", "none")
@@ -203,53 +207,29 @@ def _check_labels(labels: Tensor | None, n: int, num_classes: int) -> Tensor:
     return labels.long()
 
 
-def build_models(
-    resolution: int,
-    channels: int,
-    z_dim: int,
-    g_width: int,
-    d_width: int,
-    max_channels: int = 1024,
-    d_dropout: float = 0.0,
-    num_classes: int = 0,
-    d_norm: str = "batch",
-    d_spectral: bool = False,
-) -> tuple[Generator, Discriminator]:
-    """Build an initialised ``(Generator, Discriminator)`` pair; G is built first, so seed before calling."""
-    generator = Generator(resolution, channels, z_dim, g_width, max_channels, num_classes)
-    discriminator = Discriminator(resolution, channels, d_width, max_channels, d_dropout, d_norm, d_spectral,
-                                  num_classes)
+# The model.* keys that fix tensor shapes and names: a checkpoint fits a config when these agree.
+# model.d_dropout is not one: it adds no parameters, so checkpoints stay interchangeable across it.
+ARCH_KEYS = ("resolution", "channels", "z_dim", "g_width", "d_width", "max_channels", "num_classes", "d_norm",
+             "d_spectral")
+
+
+def build_generator(m: ModelCfg) -> Generator:
+    """G of the config's model section (`cfg.model`)."""
+    return Generator(m.resolution, m.channels, m.z_dim, m.g_width, m.max_channels, m.num_classes)
+
+
+def build_models(m: ModelCfg) -> tuple[Generator, Discriminator]:
+    """An initialised ``(Generator, Discriminator)`` pair of the config's model section (`cfg.model`);
+    G is built first, so seed before calling."""
+    generator = build_generator(m)
+    discriminator = Discriminator(m.resolution, m.channels, m.d_width, m.max_channels, m.d_dropout, m.d_norm,
+                                  m.d_spectral, m.num_classes)
     return generator, discriminator
 
 
-def arch_signature(
-    resolution: int,
-    channels: int,
-    z_dim: int,
-    g_width: int,
-    d_width: int,
-    max_channels: int = 1024,
-    d_dropout: float = 0.0,
-    num_classes: int = 0,
-    d_norm: str = "batch",
-    d_spectral: bool = False,
-) -> dict:
-    """Plain dict of the arguments that fix the tensor shapes and names, stored in checkpoints.
-
-    ``d_dropout`` is accepted for call-compatibility with ``build_models`` but
-    left out: it adds no parameters, so checkpoints stay interchangeable.
-    """
-    return {
-        "resolution": int(resolution),
-        "channels": int(channels),
-        "z_dim": int(z_dim),
-        "g_width": int(g_width),
-        "d_width": int(d_width),
-        "max_channels": int(max_channels),
-        "num_classes": int(num_classes),
-        "d_norm": str(d_norm),
-        "d_spectral": bool(d_spectral),
-    }
+def arch_signature(m: ModelCfg) -> dict:
+    """The model keys that fix the tensor shapes and names (ARCH_KEYS), as stored in checkpoints."""
+    return {k: getattr(m, k) for k in ARCH_KEYS}
 
 
 def count_params(module: nn.Module) -> int:
@@ -261,7 +241,9 @@ __all__ = [
     "Discriminator",
     "Generator",
     "SUPPORTED_EXAMPLES",
+    "ARCH_KEYS",
     "arch_signature",
+    "build_generator",
     "build_models",
     "count_params",
     "D_NORMS",

@@ -18,6 +18,9 @@ import torch
 
 from .config import Config
 
+# optim.schedule's values (config.validate checks against this list).
+SCHEDULES = ("constant", "exp", "cosine")
+
 
 def build_optimizers(cfg: Config, G: torch.nn.Module, D: torch.nn.Module):
     o = cfg.optim

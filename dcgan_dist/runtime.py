@@ -25,16 +25,26 @@ T = TypeVar("T")
 warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
 
 
-def make_accelerator(cfg: Config) -> tuple[Accelerator, str]:
+# train.mixed_precision's values; "auto" defers to the accelerate launch config.
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+
+def make_accelerator(cfg: Optional[Config] = None) -> tuple[Accelerator, str]:
     """The accelerator for this process and its precision (no | bf16 | fp16), refusing the set-ups
-    that silently do the wrong thing."""
+    that silently do the wrong thing. Without a config (evaluation): DDP's defaults, the launch
+    config's precision, no DeepSpeed."""
     on_cpu = not torch.cuda.is_available()
     if on_cpu:  # DeepSpeed (imported by accelerate's checkpointing) would warn that it fell back to CPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if cfg is None:
+        accelerator = Accelerator(cpu=on_cpu)
+        _check_world_size(accelerator)
+        return accelerator, str(accelerator.mixed_precision)
     precision = None if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
     if on_cpu and (precision or os.environ.get("ACCELERATE_MIXED_PRECISION")) == "fp16":
         raise ConfigError("train.mixed_precision=fp16 needs a GPU: on CPU accelerate silently trains in fp32. "
                           "Use train.mixed_precision=bf16 (CPU autocast) or no.")
+    batch_per_rank(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # before any process group work
     if engines.deepspeed_requested():
         precision = precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
         os.environ.pop("ACCELERATE_MIXED_PRECISION", None)  # carried by the DeepSpeed config instead
@@ -54,13 +64,25 @@ def make_accelerator(cfg: Config) -> tuple[Accelerator, str]:
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
         precision = str(accelerator.mixed_precision)
+    _check_world_size(accelerator)
+    return accelerator, precision
+
+
+def _check_world_size(accelerator: Accelerator) -> None:
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         raise RuntimeError(
             f"accelerate started {accelerator.num_processes} process(es) in this group but the launcher set "
-            f"WORLD_SIZE={expected}: the processes are not training together. On CPU use "
+            f"WORLD_SIZE={expected}: the processes are not working together. On CPU use "
             "`accelerate launch --config_file launch/cpu.yaml` (MULTI_GPU + num_processes), not --cpu/--multi_gpu flags.")
-    return accelerator, precision
+
+
+def batch_per_rank(cfg: Config, world_size: int) -> int:
+    """Each rank's share of the global `train.batch`; a batch that does not divide is a ConfigError."""
+    if cfg.train.batch % world_size:
+        raise ConfigError(f"train.batch={cfg.train.batch} is the global batch and must divide by the "
+                          f"{world_size} processes")
+    return cfg.train.batch // world_size
 
 
 def noise_generator(seed: int, accelerator) -> torch.Generator:

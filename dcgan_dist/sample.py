@@ -26,7 +26,6 @@ Bad input prints one paragraph (what, where, how to fix it) and exits with statu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -35,15 +34,11 @@ from typing import Optional
 
 import torch
 from PIL import Image, ImageDraw
-from safetensors import SafetensorError
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from . import checkpoint, layout, tracking
-from .checkpoint import CheckpointError
+from . import checkpoint, errors, layout, tracking
 from .errors import UserError
-from .config import Config, ConfigError
-from .evaluate import config_from_meta, find_checkpoint, load_generator
 from .metrics.evaluation import latents
 
 log = logging.getLogger("dcgan_dist")
@@ -51,9 +46,6 @@ log = logging.getLogger("dcgan_dist")
 
 class SampleError(UserError, ValueError):
     """Bad input worth a one-paragraph message, not a traceback."""
-
-
-USER_ERRORS = (CheckpointError, ConfigError, SampleError, OSError)
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -114,25 +106,6 @@ def check_class(cls: Optional[int], num_classes: int, ckpt: Path) -> None:
     if not 0 <= cls < num_classes:
         raise SampleError(f"--class {cls}: out of range, the generator of {ckpt} has {num_classes} classes; "
                           f"use --class 0 .. {num_classes - 1}")
-
-
-def open_checkpoint(target: str) -> tuple[Path, dict, Config]:
-    """The checkpoint, its meta.json and training config; a damaged meta.json is a CheckpointError too."""
-    ckpt = find_checkpoint(target)
-    try:
-        meta = checkpoint.read_meta(ckpt)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{ckpt / checkpoint.META} is not valid JSON ({e}): the checkpoint is damaged; "
-                              "sample from an older one: pass RUN/checkpoints/<kimg> instead") from None
-    return ckpt, meta, config_from_meta(ckpt, meta)
-
-
-def load_weights(ckpt: Path, cfg: Config, device: torch.device):
-    try:
-        return load_generator(ckpt, cfg, device)
-    except SafetensorError as e:  # truncated or overwritten: load_generator only turns shape mismatches into errors
-        raise CheckpointError(f"{ckpt / checkpoint.GENERATOR} is damaged and cannot be read ({e}); sample from "
-                              "an older checkpoint of the run: pass RUN/checkpoints/<kimg> instead") from None
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -263,9 +236,10 @@ def write_gif(target: str, path: str, fps: float) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.sampling:
         device = pick_device(args.device)
-        ckpt, meta, cfg = open_checkpoint(args.target)
-        check_class(args.cls, cfg.model.num_classes, ckpt)
-        G, weights = load_weights(ckpt, cfg, device)
+        opened = checkpoint.open_checkpoint(args.target)
+        meta, cfg = opened.meta, opened.cfg
+        check_class(args.cls, cfg.model.num_classes, opened.path)
+        G, weights = checkpoint.load_generator(opened, device)
         seed = cfg.seed if args.seed is None else args.seed
         kind = f"{G.num_classes} classes" if G.num_classes else "unconditional"
         what = {"ema": "EMA of G", "G": "G"}.get(meta.get("generator"), "generator")  # the trainer says which
@@ -286,9 +260,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     tracking.setup_logging(None, True, 0)
     try:
         run(args)
-    except USER_ERRORS as e:
-        log.error("%s", e)
-        return 2
+    except UserError as e:
+        return errors.report(e)
+    except OSError as e:  # an output that cannot be written: one line, not a traceback
+        log.error("cannot write %s: %s", e.filename or "the output", e.strerror or e)
+        return errors.EXIT_USER_ERROR
     return 0
 
 

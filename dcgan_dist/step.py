@@ -47,6 +47,10 @@ def diversity(images: torch.Tensor) -> torch.Tensor:
     return torch.pdist(x).mean() / x.shape[1] ** 0.5  # per-pixel scale: comparable across resolutions
 
 
+# train.compile's values (config.validate checks against this list).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def compiled(accelerator, G, D, mode: str):
     """torch.compile wrappers of the (DDP-wrapped) G and D for train.compile=MODE, or the modules.
 

@@ -40,6 +40,7 @@ from typing import Any, Optional
 import yaml
 
 from . import config as config_mod
+from . import errors
 from .config import ConfigError
 from .errors import UserError
 from .layout import SWEEP_RECORD as RECORD
@@ -233,9 +234,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print("\n".join(([sweep.config] if args.with_config else []) + c.overrides))
             return 0
         check(sweep)
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return errors.report(e)
     print(describe(sweep))
     cmd = sbatch_command(sweep, extra, args.max_parallel, args.script)
     print(shlex.join(cmd))

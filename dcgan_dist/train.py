@@ -19,24 +19,21 @@ import torch
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
-from . import checkpoint, config, engines, layout, runlock, runtime, tracking
-from .checkpoint import CheckpointError, Progress
+from . import checkpoint, config, engines, errors, layout, runlock, runtime, tracking
+from .cadence import total_nimg
+from .checkpoint import CheckpointError, CheckpointManager, Progress
 from .config import Config, ConfigError
 from .data import cache, locate, stream
-from .data.locate import DataError
 from .ema import build_ema
-from .loop import Loop, LoopState, TrainingDiverged, grid_labels
-from .metrics.evaluation import reference_stats
-from .metrics.inception import InceptionWeightsError, load_extractor
-from .metrics.sources import ImageSource, SourceError
+from .errors import UserError
+from .evaluator import TrainingEvaluator
+from .grid import SampleGrid
+from .loop import Loop, Models
 from .models import arch_signature, build_models, count_params
+from .monitors import TrainingDiverged
 from .optim import build_optimizers
 
 log = logging.getLogger("dcgan_dist")
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError, InceptionWeightsError, SourceError, runlock.RunLockedError,
-               tracking.RunDirError)
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -66,12 +63,12 @@ def build_data(cfg: Config, accelerator, progress: Progress):
     # Each node's first rank goes first (it may write the embedded set once per node); an error it
     # finds reaches the other ranks as the same message instead of a broken barrier.
     first = accelerator.is_local_main_process
-    shards = runtime.agree(accelerator, lambda: find() if first else None, USER_ERRORS)
-    shards = runtime.agree(accelerator, lambda: shards if first else find(), USER_ERRORS)
+    shards = runtime.agree(accelerator, lambda: find() if first else None, (UserError,))
+    shards = runtime.agree(accelerator, lambda: shards if first else find(), (UserError,))
     counts = shards.counts
     spec = stream.StreamSpec(
         urls=tuple(shards.urls), counts=tuple(counts) if counts else None,
-        batch=cfg.train.batch // accelerator.num_processes, rank=accelerator.process_index,
+        batch=runtime.batch_per_rank(cfg, accelerator.num_processes), rank=accelerator.process_index,
         world_size=accelerator.num_processes, workers=max(1, cfg.data.workers),
         resolution=cfg.model.resolution, channels=cfg.model.channels, seed=cfg.seed,
         shuffle_buffer=cfg.data.shuffle_buffer, hflip=cfg.data.hflip, start_batch=progress.step)
@@ -102,52 +99,32 @@ def check_classes(cfg: Config, shards) -> None:
                           f"set model.num_classes={len(classes)}")
 
 
-def build_fid(cfg: Config, accelerator, shards):
-    """Collective: the Inception extractor and the training set's reference statistics (cached on
-    disk, so only the first run on a data set pays for them); None when eval.every_kimg is 0."""
-    if cfg.eval.every_kimg <= 0:
-        return None
-    extractor = runtime.agree(accelerator, lambda: load_extractor(
-        cfg.eval.inception, origin="eval.inception", device=accelerator.device, preprocess=cfg.eval.preprocess),
-        USER_ERRORS)
-    log.info("FID every %g kimg from %d samples: %s", cfg.eval.every_kimg, cfg.eval.num, extractor)
-    source = ImageSource.from_shard_set(cfg.data.shards, shards)
-    ref = reference_stats(accelerator, source, num=cfg.eval.ref_num, extractor=extractor, batch=cfg.eval.batch)
-    return extractor, ref
-
-
-def build_training(cfg: Config, accelerator, precision: str):
+def build_training(cfg: Config, accelerator, precision: str) -> Models:
     """Models and optimizers, identically initialised on every rank, prepared for DDP or DeepSpeed."""
     set_seed(cfg.seed)
-    G, D = build_models(**model_args(cfg))
+    G, D = build_models(cfg.model)
     log.info("G: %s parameters, D: %s parameters", f"{count_params(G):,}", f"{count_params(D):,}")
     opt_g, opt_d = build_optimizers(cfg, G, D)
     G, D, opt_g, opt_d, dtype = engines.prepare(accelerator, G, D, opt_g, opt_d, precision)
-    ema = build_ema(accelerator.unwrap_model(G), cfg, cfg.train.batch // accelerator.num_processes, accelerator.device)
+    ema = build_ema(accelerator.unwrap_model(G), cfg, runtime.batch_per_rank(cfg, accelerator.num_processes),
+                    accelerator.device)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)  # saved and restored with the training state
         log.info("EMA of G: half-life %g kimg, ramp-up %g", cfg.ema.half_life_kimg, cfg.ema.rampup)
     set_seed(cfg.seed, device_specific=True)  # dropout masks differ across ranks from here on
-    return G, D, opt_g, opt_d, dtype, ema
-
-
-def model_args(cfg: Config) -> dict:
-    m = cfg.model
-    return dict(resolution=m.resolution, channels=m.channels, z_dim=m.z_dim, g_width=m.g_width, d_width=m.d_width,
-                max_channels=m.max_channels, d_dropout=m.d_dropout, num_classes=m.num_classes, d_norm=m.d_norm,
-                d_spectral=m.d_spectral)
+    return Models(G, D, opt_g, opt_d, ema, dtype)
 
 
 def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> Progress:
     """Restore the newest (or the named) checkpoint into the prepared objects; a fresh Progress if none."""
     # Rank zero verifies the files (and falls back past damaged ones); every rank loads what it chose.
-    path = runtime.agree(accelerator, lambda: checkpoint.find_resume(cfg.run.dir, cfg.resume), USER_ERRORS,
+    path = runtime.agree(accelerator, lambda: checkpoint.find_resume(cfg.run.dir, cfg.resume), (UserError,),
                          only_main=True)
     if path is None:
         return Progress()
     meta = checkpoint.read_meta(path)
     checkpoint.verify_compatible(path, meta, arch)
-    progress, rank_state = runtime.agree(accelerator, lambda: checkpoint.load(accelerator, path), USER_ERRORS)
+    progress, rank_state = runtime.agree(accelerator, lambda: checkpoint.load(accelerator, path), (UserError,))
     layout = {"world_size": accelerator.num_processes, "workers": max(1, cfg.data.workers), "batch": cfg.train.batch}
     changed = {k: (meta.get(k), v) for k, v in layout.items() if meta.get(k) != v}
     if changed:
@@ -173,7 +150,7 @@ def claim_run_dir(accelerator, run_dir: Path) -> Optional[runlock.RunLock]:
             raise CheckpointError(f"cannot write in run.dir {run_dir} ({e}): check its disk space and permissions, "
                                   "or point run.dir elsewhere") from None
 
-    runtime.agree(accelerator, take, USER_ERRORS, only_main=True)
+    runtime.agree(accelerator, take, (UserError,), only_main=True)
     return held[0] if held else None
 
 
@@ -191,14 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = config.load(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(config.to_yaml(cfg), end="")
-        return 0
-
-    accelerator, precision = runtime.make_accelerator(cfg)
+        if args.dry_run:
+            print(config.to_yaml(cfg), end="")
+            return 0
+        accelerator, precision = runtime.make_accelerator(cfg)
+    except UserError as e:  # before logging is set up: the console only
+        return errors.report(e)
     run_dir = Path(cfg.run.dir)
     # The console only, until the lock says this run.dir is ours: a refused start writes nothing there.
     tracking.setup_logging(None, accelerator.is_main_process, accelerator.process_index)
@@ -207,54 +182,42 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lock = claim_run_dir(accelerator, run_dir)
         tracking.setup_logging(run_dir, accelerator.is_main_process, accelerator.process_index)
-        if cfg.train.batch % accelerator.num_processes:
-            raise ConfigError(f"train.batch={cfg.train.batch} is the global batch and must divide by the "
-                              f"{accelerator.num_processes} processes")
         log.info("run %s: world size %d (%s), device %s, mixed precision %s, %d images per rank per step",
                  run_dir, accelerator.num_processes, accelerator.distributed_type, accelerator.device,
-                 precision, cfg.train.batch // accelerator.num_processes)
-        m = cfg.model
-        arch = arch_signature(**model_args(cfg))
-        G, D, opt_g, opt_d, dtype, ema = build_training(cfg, accelerator, precision)
+                 precision, runtime.batch_per_rank(cfg, accelerator.num_processes))
+        arch = arch_signature(cfg.model)
+        models = build_training(cfg, accelerator, precision)
         noise = runtime.noise_generator(cfg.seed, accelerator)
         progress = resume(cfg, accelerator, noise, arch)
         shards, loader = build_data(cfg, accelerator, progress)
-        fid = build_fid(cfg, accelerator, shards)
-        total_nimg = int(round(cfg.train.kimg * 1000))
+        evaluator = TrainingEvaluator.build(cfg, accelerator, shards)
+        checkpoints = CheckpointManager(cfg, accelerator, arch, generator_kind="ema" if models.ema else "G")
         if accelerator.is_main_process:  # every start-up check passed: only now touch the run's records
             tracking.prepare_run_dir(cfg)
-            tracker = tracking.Tracker(cfg, run_dir, progress.nimg, total_nimg, accelerator.num_processes)
+            tracker = tracking.Tracker(cfg, run_dir, progress.nimg, total_nimg(cfg), accelerator.num_processes)
             tracker.status("running", progress.nimg)
             if progress.nimg == 0:
+                m = cfg.model
                 reals = stream.preview(shards.urls, cfg.train.sample_grid, m.resolution, m.channels)
                 tracker.images("Samples/reals", reals, 0, layout.REALS)
         started = True
         stop = runtime.StopRequest(accelerator.num_processes)  # before the loader forks its workers
-        fixed_labels, grid_row = grid_labels(m.num_classes, cfg.train.sample_grid)
-        n_grid = cfg.train.sample_grid if fixed_labels is None else len(fixed_labels)
         batches = iter(loader)
-        state = LoopState(
-            cfg=cfg, accelerator=accelerator, G=G, D=D, opt_g=opt_g, opt_d=opt_d, batches=batches,
-            noise=noise, fixed_z=torch.randn(n_grid, m.z_dim, generator=torch.Generator().manual_seed(cfg.seed)),
-            fixed_labels=fixed_labels, grid_row=grid_row, ema=ema,
-            class_probs=shards.index.class_counts if shards.index and m.num_classes else None,
-            progress=progress, stop=stop, tracker=tracker,
-            meta={"arch": arch, "config": config.to_dict(cfg), "workers": max(1, cfg.data.workers),
-                  "batch": cfg.train.batch},
-            dataset_size=shards.index.count if shards.index else None, dtype=dtype, fid=fid)
-        if progress.nimg >= total_nimg:
+        if progress.nimg >= total_nimg(cfg):
             log.info("already trained to kimg %.3f >= train.kimg=%g; raise train.kimg to continue",
                      progress.nimg / 1000, cfg.train.kimg)
             outcome = "complete"
         else:
-            outcome = Loop(state).run()
-        state.stop.close()
+            outcome = Loop(cfg, accelerator, models, batches, noise, progress, stop, tracker, checkpoints,
+                           SampleGrid.from_config(cfg), evaluator,
+                           dataset_size=shards.index.count if shards.index else None).run()
+        stop.close()
         if tracker:
-            tracker.status(outcome, progress.nimg, checkpoint=state.last_checkpoint)
+            tracker.status(outcome, progress.nimg, checkpoint=checkpoints.last)
             if outcome == "complete":
                 tracker.hparams(overridden(cfg, args.overrides), progress.nimg)
             log.info("%s at kimg %.3f; run directory %s", outcome, progress.nimg / 1000, run_dir)
-    except USER_ERRORS + (TrainingDiverged,) as e:
+    except (UserError, TrainingDiverged) as e:
         # Raised by every rank at the same point (agreed, or judged on the same reduced statistics):
         # said once, by rank 0.
         collective = getattr(e, "shared", False) or isinstance(e, TrainingDiverged)
@@ -265,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             # Every rank raised it at the same point: leave together, before torchrun, seeing one rank
             # gone, SIGTERMs the others.
             accelerator.wait_for_everyone()
-        return 2 if isinstance(e, USER_ERRORS) else 1
+        return errors.EXIT_USER_ERROR if isinstance(e, UserError) else 1
     except BaseException as e:  # a bug or a crash: record it for `report`/Slurm, then show the traceback
         record_failure(accelerator, run_dir, lock, started, f"{type(e).__name__}: {e}")
         if runtime.peer_lost(e):
@@ -286,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if lock is not None:  # last: after the final status and the workers (forked with its descriptor)
             lock.release()
     # Drop every reference to the prepared objects before the process group ends (see runtime.shutdown).
-    del state, G, D, opt_g, opt_d, loader
+    del models, loader, checkpoints, evaluator
     runtime.shutdown(accelerator)
     return 0
 

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from conftest import REPO, TINY
 from dcgan_dist import checkpoint, config
 from dcgan_dist.checkpoint import CheckpointError, Progress
 from dcgan_dist.config import ConfigError
+from dcgan_dist.config import ModelCfg
 from dcgan_dist.models import arch_signature, build_models
 
 
@@ -29,7 +31,7 @@ def accelerator():
 
 def tiny_training(accelerator):
     torch.manual_seed(0)
-    G, D = build_models(32, 1, 16, 8, 8)
+    G, D = build_models(ModelCfg(resolution=32, channels=1, z_dim=16, g_width=8, d_width=8))
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     return accelerator.prepare(G, D, opt_g, opt_d)
 
@@ -69,7 +71,7 @@ def test_crash_mid_save_leaves_previous_checkpoint_intact(tmp_path, accelerator,
     good = save(accelerator, tmp_path, 16)
 
     def dies_halfway(output_dir, **_):  # writes part of a checkpoint, then the process "dies"
-        (checkpoint.Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+        (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
         raise KeyboardInterrupt("killed mid-save")
 
     monkeypatch.setattr(accelerator, "save_state", dies_halfway)
@@ -101,9 +103,9 @@ def test_resume_none_refuses_to_overwrite_a_run(tmp_path, accelerator):
 
 
 def test_other_architecture_is_refused_with_the_fix():
-    arch = arch_signature(64, 3, 100, 64, 64)
+    arch = arch_signature(ModelCfg(resolution=64, g_width=64))
     with pytest.raises(CheckpointError) as e:
-        checkpoint.verify_compatible("ckpt", {"arch": arch_signature(32, 3, 100, 32, 64)}, arch)
+        checkpoint.verify_compatible("ckpt", {"arch": arch_signature(ModelCfg(resolution=32, g_width=32))}, arch)
     msg = str(e.value)
     assert "model.resolution: checkpoint 32 vs config 64" in msg and "model.g_width=32" in msg
     checkpoint.verify_compatible("ckpt", {"arch": dict(arch)}, arch)  # same architecture: fine
@@ -116,15 +118,13 @@ def test_fp16_on_cpu_is_refused():
         make_accelerator(config.load(None, ["train.mixed_precision=fp16"]))
 
 
-def test_non_finite_losses_stop_training_without_saving(tmp_path, accelerator):
-    from dcgan_dist.loop import Loop, LoopState, TrainingDiverged
+def test_non_finite_losses_stop_training_without_saving(tmp_path):
+    from dcgan_dist.monitors import TrainingDiverged
+    from test_sync_free import build_loop
 
-    G, D, opt_g, opt_d = tiny_training(accelerator)
-    cfg = config.load(None, TINY + [f"run.dir={tmp_path}"])
-    state = LoopState(cfg=cfg, accelerator=accelerator, G=G, D=D, opt_g=opt_g, opt_d=opt_d, batches=iter(()),
-                      noise=torch.Generator(), fixed_z=torch.zeros(1, 16), progress=Progress(320, 20), stop=None,
-                      tracker=None, meta={}, last_checkpoint="runs/x/checkpoints/000000.256")
-    loop = Loop(state)
+    loop, _ = build_loop([], run_dir=str(tmp_path))
+    loop.progress.nimg = 320
+    loop.checkpoints.last = "runs/x/checkpoints/000000.256"
     loop.stats.add(torch.tensor([math.nan, 1.0, 0.5, 0.5, 0.0, 0.3, 0.4]))  # STEP_STATS order
     with pytest.raises(TrainingDiverged, match=r"Loss/D=nan.*000000\.256.*resume=auto"):
         loop.report()

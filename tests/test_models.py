@@ -6,10 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from dcgan_dist.config import ModelCfg
 from dcgan_dist.models import (
+    ARCH_KEYS,
     Discriminator,
     Generator,
     arch_signature,
+    build_generator,
     build_models,
     count_params,
     stage_plan,
@@ -17,6 +20,11 @@ from dcgan_dist.models import (
 
 # Narrow widths keep the shape tests fast; the architecture is width-independent.
 SMALL = dict(z_dim=16, width=8)
+
+
+def M(resolution, channels, z_dim, g_width, d_width, **more) -> ModelCfg:
+    """A config's model section."""
+    return ModelCfg(resolution=resolution, channels=channels, z_dim=z_dim, g_width=g_width, d_width=d_width, **more)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +73,7 @@ def test_generator_rejects_wrong_latent_size():
 
 
 def test_parameter_counts_match_pytorch_dcgan_example():
-    g, d = build_models(64, 3, 100, 64, 64)
+    g, d = build_models(M(64, 3, 100, 64, 64))
     assert count_params(g) == 3_576_704
     assert count_params(d) == 2_765_568
 
@@ -76,7 +84,7 @@ def _params_of(models, kind):
 
 def test_init_statistics():
     torch.manual_seed(0)
-    models = build_models(64, 3, 100, 64, 64)
+    models = build_models(M(64, 3, 100, 64, 64))
     conv = torch.cat(
         [m.weight.flatten() for m in _params_of(models, (nn.Conv2d, nn.ConvTranspose2d))]
     ).double()
@@ -95,7 +103,7 @@ def test_init_statistics():
 def test_same_seed_same_weights():
     def build(seed):
         torch.manual_seed(seed)
-        return build_models(32, 3, 16, 8, 8)
+        return build_models(M(32, 3, 16, 8, 8))
 
     for a, b in zip(build(1), build(1)):
         for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -131,7 +139,7 @@ def test_max_channels_caps_widest_layer():
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    g, d = build_models(32, 3, 16, 8, 8, d_dropout=0.2)
+    g, d = build_models(M(32, 3, 16, 8, 8, d_dropout=0.2))
     logits = d(g(torch.randn(4, 16)))
     logits.sum().backward()
     for model in (g, d):
@@ -143,15 +151,26 @@ def test_gradients_reach_every_parameter():
 
 def test_arch_signature():
     base = dict(resolution=64, channels=3, z_dim=100, g_width=64, d_width=64, max_channels=1024)
-    sig = arch_signature(**base)
+    sig = arch_signature(ModelCfg(**base))
     assert sig == {**base, "num_classes": 0, "d_norm": "batch", "d_spectral": False}
-    assert type(sig) is dict
+    assert type(sig) is dict and set(sig) == set(ARCH_KEYS)
     changed = dict(resolution=32, channels=1, z_dim=128, g_width=32, d_width=128, max_channels=512,
                    num_classes=10, d_norm="none", d_spectral=True)
     for key, value in changed.items():
-        assert arch_signature(**{**base, key: value}) != sig, key
+        assert arch_signature(ModelCfg(**{**base, key: value})) != sig, key
     # Dropout does not change tensor shapes, so it must not block loading a checkpoint.
-    assert arch_signature(**base, d_dropout=0.3) == sig
+    assert arch_signature(ModelCfg(**base, d_dropout=0.3)) == sig
+
+
+def test_models_of_the_config_model_section():
+    """build_models reads every model.* key from the config's section: no argument list to keep in step."""
+    m = ModelCfg(resolution=32, channels=1, z_dim=16, g_width=8, d_width=12, d_dropout=0.1, d_norm="layer",
+                 d_spectral=True, num_classes=3)
+    g, d = build_models(m)
+    assert (g.z_dim, g.num_classes, d.num_classes) == (16, 3, 3)
+    assert any(isinstance(x, nn.GroupNorm) for x in d.modules())  # "layer": GroupNorm(1, C)
+    assert any(isinstance(x, nn.Dropout) and x.p == 0.1 for x in d.modules())
+    assert build_generator(m).state_dict().keys() == g.state_dict().keys()
 
 
 # ---- conditional models, D normalisation, spectral normalisation ---------------------------------
@@ -159,7 +178,7 @@ def test_arch_signature():
 @pytest.mark.parametrize("resolution,channels", [(28, 1), (64, 3)])
 def test_conditional_shapes_and_labels_matter(resolution, channels):
     torch.manual_seed(0)
-    g, d = build_models(resolution, channels, 16, 8, 8, num_classes=10)
+    g, d = build_models(M(resolution, channels, 16, 8, 8, num_classes=10))
     z = torch.randn(5, 16)
     y = torch.tensor([0, 3, 9, 3, 1])
     x = g(z, y)
@@ -180,12 +199,12 @@ def test_conditional_shapes_and_labels_matter(resolution, channels):
 
 
 def test_conditional_models_refuse_missing_or_bad_labels():
-    g, d = build_models(32, 1, 16, 8, 8, num_classes=3)
+    g, d = build_models(M(32, 1, 16, 8, 8, num_classes=3))
     with pytest.raises(ValueError, match="needs class labels"):
         g(torch.randn(2, 16))
     with pytest.raises(ValueError, match="labels of shape"):
         d(torch.randn(2, 1, 32, 32), torch.tensor([0, 1, 2]))
-    g0, d0 = build_models(32, 1, 16, 8, 8)
+    g0, d0 = build_models(M(32, 1, 16, 8, 8))
     with pytest.raises(ValueError, match="unconditional"):
         g0(torch.randn(2, 16), torch.tensor([0, 1]))
 

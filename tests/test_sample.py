@@ -40,8 +40,7 @@ def make_run(root: Path, num_classes: int = 0) -> tuple[Path, models.Generator]:
     save_file({k: v.contiguous() for k, v in G.state_dict().items()}, str(ckpt / checkpoint.GENERATOR))
     m = cfg.model
     meta = {"format": checkpoint.FORMAT, "nimg": 1000, "kimg": 1.0, "step": 10,
-            "arch": models.arch_signature(m.resolution, m.channels, m.z_dim, m.g_width, m.d_width, m.max_channels,
-                                          num_classes=m.num_classes),
+            "arch": models.arch_signature(m),
             "config": config.to_dict(cfg)}
     (ckpt / checkpoint.META).write_text(json.dumps(meta))
     return root / "run", G

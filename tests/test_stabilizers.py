@@ -189,7 +189,7 @@ def test_diversity_falls_to_zero_for_a_collapsed_batch():
 
 
 def test_conditional_grid_gives_each_class_whole_rows():
-    from dcgan_dist.loop import grid_labels
+    from dcgan_dist.grid import grid_labels
 
     labels, cols = grid_labels(10, 100)
     assert cols == 10 and labels.view(10, 10).T.eq(torch.arange(10)).all()  # row r is class r

@@ -31,8 +31,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dcgan_dist import config, runtime
-from dcgan_dist.loop import Loop, LoopState
-from dcgan_dist.checkpoint import Progress
+from dcgan_dist.checkpoint import CheckpointManager, Progress
+from dcgan_dist.grid import SampleGrid
+from dcgan_dist.loop import Loop
+from dcgan_dist.models import arch_signature
 from dcgan_dist.losses import d_targets
 from dcgan_dist.train import build_training
 
@@ -119,24 +121,24 @@ BASE = ["model.resolution=32", "model.channels=1", "model.g_width=8", "model.d_w
         "train.batch=8", "ema.half_life_kimg=1", "ema.bn_batches=1"]
 
 
-def build_loop(overrides: list[str], device: str = "cpu") -> tuple[Loop, list[dict]]:
+def build_loop(overrides: list[str], device: str = "cpu", run_dir: str = "unused") -> tuple[Loop, list[dict]]:
     """The trainer's real objects (models, optimizers, EMA, noise generator, GANStep, stats) in this
     process, world size 1, with a few host batches as the loader would hand them over."""
-    cfg = config.load(None, BASE + overrides + ["run.dir=unused"])
+    cfg = config.load(None, BASE + overrides + [f"run.dir={run_dir}"])
     AcceleratorState._reset_state(True)
     accelerator, precision = runtime.make_accelerator(cfg) if device == "cpu" else (
         Accelerator(mixed_precision=None if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision), None)
-    G, D, opt_g, opt_d, dtype, ema = build_training(cfg, accelerator, precision or "no")
+    models = build_training(cfg, accelerator, precision or "no")
     gen = torch.Generator().manual_seed(0)
     pin = accelerator.device.type == "cuda"
     batches = [{"image": torch.randint(0, 256, (cfg.train.batch, 1, 32, 32), dtype=torch.uint8, generator=gen),
                 "label": torch.randint(0, 10, (cfg.train.batch,), generator=gen), "bad": 0} for _ in range(4)]
     if pin:
         batches = [{**b, "image": b["image"].pin_memory(), "label": b["label"].pin_memory()} for b in batches]
-    state = LoopState(cfg=cfg, accelerator=accelerator, G=G, D=D, opt_g=opt_g, opt_d=opt_d, batches=iter(()),
-                      noise=runtime.noise_generator(cfg.seed, accelerator), fixed_z=torch.zeros(4, cfg.model.z_dim),
-                      progress=Progress(), stop=None, tracker=None, meta={}, dtype=dtype, ema=ema)
-    return Loop(state), batches
+    checkpoints = CheckpointManager(cfg, accelerator, arch_signature(cfg.model), "ema" if models.ema else "G")
+    loop = Loop(cfg, accelerator, models, iter(()), runtime.noise_generator(cfg.seed, accelerator), Progress(),
+                stop=None, tracker=None, checkpoints=checkpoints, grid=SampleGrid.from_config(cfg))
+    return loop, batches
 
 
 @pytest.fixture(autouse=True)
@@ -153,8 +155,8 @@ def test_training_steps_make_no_host_device_sync(case):
     with SyncGuard():
         for b in batches[2:] * 3:
             loop.train_step(b)
-    assert loop.s.progress.step == 8 and loop.stats.steps == 8
-    values, _ = loop.stats.reduce(loop.s.accelerator)  # the tick's one sync, outside the guard
+    assert loop.progress.step == 8 and loop.stats.steps == 8
+    values, _ = loop.stats.reduce(loop.accelerator)  # the tick's one sync, outside the guard
     assert all(torch.isfinite(torch.tensor(v)) for v in values.values()), values
 
 
@@ -191,7 +193,7 @@ def test_guard_accepts_device_targets():
 @pytest.mark.parametrize("case", list(CASES))
 def test_training_steps_do_not_sync_a_cuda_device(case):
     loop, batches = build_loop(CASES[case], device="cuda")
-    assert loop.s.accelerator.device.type == "cuda" and loop.s.noise.device.type == "cuda"
+    assert loop.accelerator.device.type == "cuda" and loop.noise.device.type == "cuda"
     for b in batches[:2]:
         loop.train_step(b)
     torch.cuda.synchronize()
@@ -201,5 +203,5 @@ def test_training_steps_do_not_sync_a_cuda_device(case):
             loop.train_step(b)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    values, _ = loop.stats.reduce(loop.s.accelerator)
+    values, _ = loop.stats.reduce(loop.accelerator)
     assert all(torch.isfinite(torch.tensor(v)) for v in values.values()), values

@@ -29,6 +29,9 @@ from .locate import DataError
 from .stream import StreamSpec, _label, decode, raw_samples, replacements, worker_position
 from .tario import tar_samples
 
+# data.cache's values (config.validate checks against this list).
+MODES = ("none", "memory")
+
 log = logging.getLogger("dcgan_dist")
 MEMORY_FRACTION = 0.5  # the cached sets of all ranks on a node may take at most this part of free memory
 

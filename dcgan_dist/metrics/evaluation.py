@@ -31,12 +31,18 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
+from ..errors import UserError
 from .fid import FeatureStats, fid_from_stats, inception_score
 from .inception import InceptionExtractor, publish, to_uint8, weights_cache_dir
 from .inception_net import FEATURE_DIM, NUM_CLASSES
 from .sources import ImageSource, count_images, describe, iter_range, open_source, rank_range
 
 log = logging.getLogger("dcgan_dist.metrics")
+
+
+class EvaluationError(UserError, ValueError):
+    """An evaluation that cannot be done as asked (no classifier for IS, unusable statistics, too few images)."""
+
 
 LATENT_STREAM = 0x46494400  # "FID\0": keeps evaluation latents apart from every training seed stream
 REF_FORMAT = "dcgan-dist-fid-ref/1"
@@ -201,7 +207,7 @@ def summarize(accelerator, stats: FeatureStats, ref: Optional["RefStats"], want_
 def resolve_inception_score(extractor: InceptionExtractor, inception_score: Optional[bool]) -> bool:
     """Whether to compute IS: None = when the weights have logits, True = required (error without), False = no."""
     if inception_score and not extractor.has_logits:
-        raise ValueError(f"Inception Score asked for, but {extractor.path} has no classifier (1008 logits): it is a "
+        raise EvaluationError(f"Inception Score asked for, but {extractor.path} has no classifier (1008 logits): it is a "
                          "feature-only FID Inception. Use pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
     return extractor.has_logits if inception_score is None else bool(inception_score)
 
@@ -286,9 +292,9 @@ def load_stats(path: Union[str, Path], key: Optional[dict] = None) -> Optional[R
         if key is not None:
             log.warning("ignoring unreadable reference statistics %s (%s); recomputing", path, e)
             return None
-        raise ValueError(f"{path}: not a statistics file with 'mu' and 'sigma' arrays ({e})") from None
+        raise EvaluationError(f"{path}: not a statistics file with 'mu' and 'sigma' arrays ({e})") from None
     if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
-        raise ValueError(f"{path}: expected mu (2048,) and sigma (2048, 2048), "
+        raise EvaluationError(f"{path}: expected mu (2048,) and sigma (2048, 2048), "
                          f"got {tuple(mu.shape)} {tuple(sigma.shape)}")
     return RefStats(count=count, key=stored, mu=mu, sigma=sigma, path=Path(path), cached=True)
 
@@ -308,7 +314,7 @@ def reference_stats(accelerator, source: Union[str, ImageSource], *, num: Option
     available = count_images(src, quiet=rank != 0)
     n = available if num is None else min(num, available)
     if n < 2:  # decided on every rank alike, before any collective
-        raise ValueError(f"{src.spec}: reference statistics need at least 2 images, got {n}")
+        raise EvaluationError(f"{src.spec}: reference statistics need at least 2 images, got {n}")
     key = reference_key(src, n, extractor)
     path = cache_path(Path(cache_dir or default_cache_dir()), key, src.index.name) if key else None
     hit = None
