@@ -130,3 +130,40 @@ def test_yaml_boolean_words_stay_words_for_string_keys():
     cfg = config.load(None, ["train.mixed_precision=no", "data.hflip=yes", "data.cache=memory"])
     assert cfg.train.mixed_precision == "no" and cfg.data.hflip is True
     assert config.load(None, ["data.hflip=off"]).data.hflip is False
+
+
+def test_an_empty_override_of_a_text_key_is_the_empty_string():
+    # `augment.policy=` turns augmentation off, as an empty `policy:` in YAML would.
+    cfg = config.load(None, ["augment.policy=color", "augment.policy="])
+    assert cfg.augment.policy == ""
+    # An optional key's empty value means unset, not a path or a number called "".
+    cfg = config.load(None, ["eval.ref_num=", "eval.inception="])
+    assert cfg.eval.ref_num is None and cfg.eval.inception is None
+    with pytest.raises(ConfigError, match="train.kimg"):  # a number still needs a number
+        config.load(None, ["train.kimg="])
+
+
+def test_allowed_values_come_from_the_modules_that_use_them():
+    from dcgan_dist import augment, losses, models, optim, runtime, step
+    from dcgan_dist.data import cache
+    from dcgan_dist.metrics import inception
+
+    owners = {"model.d_norm": models.D_NORMS, "loss.kind": losses.LOSSES, "optim.schedule": optim.SCHEDULES,
+              "data.cache": cache.MODES, "train.compile": step.COMPILE_MODES,
+              "train.mixed_precision": runtime.MIXED_PRECISION, "eval.preprocess": inception.PREPROCESS_MODES}
+    assert set(losses.LOSSES) == set(losses.D_LOSSES) == set(losses.G_LOSSES)
+    for key, allowed in owners.items():
+        for value in allowed:
+            config.load(None, [f"{key}={value}"] + (["model.d_norm=layer"] if value == "wgan-gp" else []))
+        with pytest.raises(ConfigError, match=f"{key} must be one of {', '.join(allowed)}"):
+            config.load(None, [f"{key}=bogus"])
+    with pytest.raises(ConfigError, match=", ".join(augment.POLICIES)):
+        config.load(None, ["augment.policy=color,bogus"])
+
+
+def test_every_command_line_tool_is_an_installed_command():
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("dcgan-")}
+    assert scripts == {f"dcgan-{n}": f"dcgan_dist.{n}:main" for n in
+                       ("train", "prepare", "evaluate", "sample", "sweep", "report")}
