@@ -102,12 +102,15 @@ class DiffAugment:
     random parameters per sample, as in the paper."""
 
     def __init__(self, policy: Sequence[str], translation: float = 0.125, cutout: float = 0.5,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, p: Optional[Tensor] = None):
         unknown = [p for p in policy if p not in POLICIES]
         if unknown:
             raise ValueError(f"unknown DiffAugment policy {unknown}; choose from {', '.join(POLICIES)}")
         self.policy = tuple(policy)
         self.translation, self.cutout, self.generator = translation, cutout, generator
+        # With `p` (a 0-d tensor on the device, steered by AdaptiveAugment), each op reaches each image
+        # with probability p; without it, always. The draws do not depend on p's value.
+        self.p = p
 
     def __bool__(self) -> bool:
         return bool(self.policy)
@@ -115,15 +118,54 @@ class DiffAugment:
     def __call__(self, x: Tensor) -> Tensor:
         for p in self.policy:
             if p == "color":
-                x = color(x, self.generator)
+                y = color(x, self.generator)
             elif p == "translation":
-                x = translation(x, self.translation, self.generator)
+                y = translation(x, self.translation, self.generator)
             else:
-                x = cutout(x, self.cutout, self.generator)
+                y = cutout(x, self.cutout, self.generator)
+            x = y if self.p is None else torch.where(_uniform(x.shape[0], self.generator, x) < self.p, y, x)
         return x
 
     def __repr__(self) -> str:
         return f"DiffAugment({','.join(self.policy) or 'off'})"
 
 
-__all__ = ["DiffAugment", "POLICIES", "color", "cutout", "translation"]
+class AdaptiveAugment:
+    """augment.adaptive: the probability p of every DiffAugment op steered by how sure D is of the
+    reals, as StyleGAN2-ADA (Karras et al., 2020) does. The overfitting signal is r = E[sign(D(real))]
+    over every rank's last `interval` steps; p moves by sign(r - augment.target) x the images of
+    those steps / (augment.speed_kimg x 1000), clamped to [0, 1].
+
+    Everything stays on the device (no host sync): the signs are summed per step, and every
+    `interval` steps one small all-reduce (a collective, not a host round trip) feeds the update.
+    Its state (p and the running sums) goes into each rank's checkpoint file, and the update falls
+    on a grid of steps, not of ticks, so a resumed run steers p exactly as an uninterrupted one."""
+
+    interval = 4  # steps between updates (ADA's default)
+
+    def __init__(self, target: float, speed_kimg: float, global_batch: int, device: torch.device):
+        self.target = target
+        self.rate = self.interval * global_batch / (speed_kimg * 1000)
+        self.global_batch = global_batch
+        self.p = torch.zeros((), device=device)
+        self.signs = torch.zeros((), dtype=torch.float64, device=device)  # this rank's sum since the last update
+
+    def observe(self, real_out: Tensor, step: int, accelerator) -> None:
+        """After step `step` (1-based): add the signs of D's outputs on this step's reals; every
+        `interval` steps, update p from every rank's sum (all ranks see the same sum: the same p)."""
+        self.signs += real_out.detach().float().sign().sum().to(torch.float64)
+        if step % self.interval == 0:
+            total = accelerator.reduce(self.signs, reduction="sum") if accelerator.num_processes > 1 else self.signs
+            r = total / (self.interval * self.global_batch)  # the reals of those steps, all ranks: a host number
+            self.p.add_(torch.sign(r - self.target).float() * self.rate).clamp_(0.0, 1.0)
+            self.signs.zero_()
+
+    def state_dict(self) -> dict:
+        return {"p": self.p.clone(), "signs": self.signs.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.p.copy_(state["p"])
+        self.signs.copy_(state["signs"])
+
+
+__all__ = ["AdaptiveAugment", "DiffAugment", "POLICIES", "color", "cutout", "translation"]

@@ -111,6 +111,11 @@ class AugmentCfg:
                           "color, translation, cutout; empty = off")
     translation: float = opt(0.125, "translation: largest shift as a fraction of the image side")
     cutout: float = opt(0.5, "cutout: side of the erased square as a fraction of the image side")
+    adaptive: bool = opt(False, "adaptive augmentation (StyleGAN2-ADA): each op of augment.policy reaches each "
+                                "image with a probability p, raised while D is too sure of the reals and lowered "
+                                "otherwise; p starts at 0")
+    target: float = opt(0.6, "adaptive: the target of E[sign(D(real))], D's overfitting signal (ADA: 0.6)")
+    speed_kimg: float = opt(100.0, "adaptive: kimg for p to move from 0 to 1 when the signal stays on one side")
 
 
 @dataclass
@@ -326,6 +331,11 @@ def _validate_training_options(cfg: Config, need) -> None:
     unknown = [p for p in augment_policy(a.policy) if p not in POLICIES]
     need(not unknown, f"augment.policy: unknown {unknown}; use a comma list of {', '.join(POLICIES)} (or empty)")
     need(0.0 < a.translation < 1.0 and 0.0 < a.cutout < 1.0, "augment.translation and augment.cutout must be in (0, 1)")
+    if a.adaptive:
+        need(bool(augment_policy(a.policy)), "augment.adaptive=true steers the ops of augment.policy, which is empty: "
+                                             "set augment.policy=color,translation,cutout (or augment.adaptive=false)")
+        need(0.0 < a.target < 1.0 and a.speed_kimg > 0,
+             "augment.target must be in (0, 1) and augment.speed_kimg > 0")
     need(cfg.ema.half_life_kimg >= 0 and cfg.ema.rampup >= 0 and cfg.ema.bn_batches >= 0,
          "ema.half_life_kimg, ema.rampup and ema.bn_batches must be >= 0")
     need(cfg.train.loss_limit >= 0 and cfg.train.loss_limit_ticks >= 1,

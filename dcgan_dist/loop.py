@@ -52,7 +52,7 @@ class Loop:
     def __init__(self, cfg: Config, accelerator, models: Models, batches: Iterator[dict], noise: torch.Generator,
                  progress: Progress, stop: Optional[StopRequest], tracker: Optional[Tracker],
                  checkpoints: CheckpointManager, grid: SampleGrid, evaluator: Optional[TrainingEvaluator] = None,
-                 dataset_size: Optional[int] = None):
+                 dataset_size: Optional[int] = None, rank_state: Optional[dict] = None):
         self.cfg, self.accelerator, self.m = cfg, accelerator, models
         self.batches, self.progress, self.stop = batches, progress, stop
         self.noise = noise  # this rank's generator on the training device (checkpointed per rank)
@@ -61,6 +61,8 @@ class Loop:
         self.cadence = Cadence.from_config(cfg, progress.nimg)
         self.batch = batch_per_rank(cfg, accelerator.num_processes)
         self.step = GANStep(cfg, accelerator, models.G, models.D, models.opt_g, models.opt_d, noise, models.ema)
+        if self.step.ada is not None and rank_state and "augment" in rank_state:  # resumed: p where it was
+            self.step.ada.load_state_dict(rank_state["augment"])
         self.stats = StepStats(accelerator.device, STEP_STATS)
         self.divergence = DivergenceMonitor(cfg)
         self.collapse = CollapseMonitor(cfg, self.cadence.total, self.cadence.tick, accelerator.is_main_process)
@@ -169,14 +171,21 @@ class Loop:
         if self.tracker:
             self.tracker.metrics(nimg, result)
         if self.checkpoints.is_best(result["fid"]):
-            self.checkpoints.save_best(self.progress, self.noise, *self._unwrapped(), self.sampler(),
+            self.checkpoints.save_best(self.progress, self.rank_state(), *self._unwrapped(), self.sampler(),
                                        fid=result["fid"], num=self.cfg.eval.num)
 
     def save_checkpoint(self) -> None:
         """Collective: the rotation's checkpoint at this image count."""
-        path = self.checkpoints.save(self.progress, self.noise, *self._unwrapped(), self.sampler())
+        path = self.checkpoints.save(self.progress, self.rank_state(), *self._unwrapped(), self.sampler())
         if self.tracker:
             self.tracker.status("running", self.progress.nimg, checkpoint=str(path))
+
+    def rank_state(self) -> dict:
+        """What each rank saves of its own: the noise generator (and the adaptive augmentation's state)."""
+        state = {"noise": self.noise.get_state()}
+        if self.step.ada is not None:
+            state["augment"] = self.step.ada.state_dict()
+        return state
 
     def _unwrapped(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         return self.accelerator.unwrap_model(self.m.G), self.accelerator.unwrap_model(self.m.D)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import engines
-from .augment import DiffAugment
+from .augment import AdaptiveAugment, DiffAugment
 from .config import Config, ConfigError, augment_policy
 from .ema import GeneratorEMA
 from .losses import D_LOSSES, G_LOSSES, d_targets, gradient_penalty
@@ -30,7 +30,7 @@ from .losses import D_LOSSES, G_LOSSES, d_targets, gradient_penalty
 log = logging.getLogger("dcgan_dist")
 
 # Names of the statistics a step returns, in order (the loop adds Diversity/ratio per tick).
-STEP_STATS = ("Loss/D", "Loss/G", "D/real", "D/fake", "Loss/GP", "Diversity/fake", "Diversity/real")
+STEP_STATS = ("Loss/D", "Loss/G", "D/real", "D/fake", "Loss/GP", "Diversity/fake", "Diversity/real", "Augment/p")
 DIVERSITY_SIDE = 16  # images are average-pooled to at most this side before measuring diversity
 
 
@@ -78,8 +78,12 @@ class GANStep:
         self.real_label, self.flip = loss.real_label, loss.label_flip
         self.gp_weight = loss.gp_weight if loss.kind == "wgan-gp" else 0.0
         self.conditional = cfg.model.num_classes > 0
-        self.augment = DiffAugment(augment_policy(cfg.augment.policy), cfg.augment.translation,
-                                   cfg.augment.cutout, generator=noise)
+        a = cfg.augment
+        self.ada = AdaptiveAugment(a.target, a.speed_kimg, cfg.train.batch, accelerator.device) if a.adaptive else None
+        self.augment = DiffAugment(augment_policy(a.policy), a.translation, a.cutout, generator=noise,
+                                   p=self.ada.p if self.ada else None)
+        # Augment/p: how often an op reaches an image (adaptive: p; else 1 with a policy, 0 without).
+        self.p_stat = self.ada.p if self.ada else torch.full((), float(bool(self.augment)), device=accelerator.device)
         self.global_batch = cfg.train.batch
         self._targets: dict = {}  # (n_real, n_fake, device) -> constant targets, when there is no label noise
         # The modules the training forwards run: compiled wrappers when train.compile is on; the
@@ -119,6 +123,8 @@ class GANStep:
             gp = gradient_penalty(engines.graph_module(self.accelerator, self.D), real_in, fake_in, y, self.noise)
             loss_d = loss_d + self.gp_weight * gp
         engines.update(self.accelerator, self.D, self.opt_d, loss_d)
+        if self.ada is not None:  # the step's number from the image count: the same grid after a resume
+            self.ada.observe(real_out, nimg_after // self.global_batch, self.accelerator)
 
         # G step through a frozen D: no gradients for D's weights, hence no all-reduce of them.
         self.D.requires_grad_(False)
@@ -132,7 +138,7 @@ class GANStep:
         if self.kind == "nonsaturating":  # D/real, D/fake: probabilities for BCE, raw outputs otherwise
             real_o, fake_o = torch.sigmoid(real_o), torch.sigmoid(fake_o)
         return torch.stack([loss_d.detach(), loss_g.detach(), real_o.mean(), fake_o.mean(), gp.detach().float(),
-                            diversity(fake), diversity(real)])
+                            diversity(fake), diversity(real), self.p_stat.clone()])
 
 
 __all__ = ["GANStep", "STEP_STATS", "diversity"]

@@ -115,13 +115,14 @@ def build_training(cfg: Config, accelerator, precision: str) -> Models:
     return Models(G, D, opt_g, opt_d, ema, dtype)
 
 
-def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> Progress:
-    """Restore the newest (or the named) checkpoint into the prepared objects; a fresh Progress if none."""
+def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> tuple[Progress, Optional[dict]]:
+    """Restore the newest (or the named) checkpoint into the prepared objects and the noise generator;
+    return the position and the rest of this rank's own state (a fresh Progress and None if none)."""
     # Rank zero verifies the files (and falls back past damaged ones); every rank loads what it chose.
     path = runtime.agree(accelerator, lambda: checkpoint.find_resume(cfg.run.dir, cfg.resume), (UserError,),
                          only_main=True)
     if path is None:
-        return Progress()
+        return Progress(), None
     meta = checkpoint.read_meta(path)
     checkpoint.verify_compatible(path, meta, arch)
     progress, rank_state = runtime.agree(accelerator, lambda: checkpoint.load(accelerator, path), (UserError,))
@@ -133,7 +134,7 @@ def resume(cfg: Config, accelerator, noise: torch.Generator, arch: dict) -> Prog
     if rank_state is not None:
         runtime.restore_noise(noise, rank_state["noise"], path)
     log.info("resumed from %s at kimg %.3f (step %d)", path, progress.nimg / 1000, progress.step)
-    return progress
+    return progress, rank_state
 
 
 def claim_run_dir(accelerator, run_dir: Path) -> Optional[runlock.RunLock]:
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         arch = arch_signature(cfg.model)
         models = build_training(cfg, accelerator, precision)
         noise = runtime.noise_generator(cfg.seed, accelerator)
-        progress = resume(cfg, accelerator, noise, arch)
+        progress, rank_state = resume(cfg, accelerator, noise, arch)
         shards, loader = build_data(cfg, accelerator, progress)
         evaluator = TrainingEvaluator.build(cfg, accelerator, shards)
         checkpoints = CheckpointManager(cfg, accelerator, arch, generator_kind="ema" if models.ema else "G")
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             outcome = Loop(cfg, accelerator, models, batches, noise, progress, stop, tracker, checkpoints,
                            SampleGrid.from_config(cfg), evaluator,
-                           dataset_size=shards.index.count if shards.index else None).run()
+                           dataset_size=shards.index.count if shards.index else None, rank_state=rank_state).run()
         stop.close()
         if tracker:
             tracker.status(outcome, progress.nimg, checkpoint=checkpoints.last)

@@ -125,7 +125,7 @@ def test_non_finite_losses_stop_training_without_saving(tmp_path):
     loop, _ = build_loop([], run_dir=str(tmp_path))
     loop.progress.nimg = 320
     loop.checkpoints.last = "runs/x/checkpoints/000000.256"
-    loop.stats.add(torch.tensor([math.nan, 1.0, 0.5, 0.5, 0.0, 0.3, 0.4]))  # STEP_STATS order
+    loop.stats.add(torch.tensor([math.nan, 1.0, 0.5, 0.5, 0.0, 0.3, 0.4, 0.0]))  # STEP_STATS order
     with pytest.raises(TrainingDiverged, match=r"Loss/D=nan.*000000\.256.*resume=auto"):
         loop.report()
     assert checkpoint.complete_checkpoints(tmp_path) == []

@@ -132,10 +132,10 @@ def test_exploding_finite_losses_stop_the_run(tmp_path):
 
     loop, _ = build_loop(["train.loss_limit_ticks=2"], run_dir=str(tmp_path))
     loop.progress.nimg = 320
-    huge = torch.tensor([3e22, 1e22, 0.5, 0.5, 0.0, 0.3, 0.4])  # STEP_STATS order: finite, absurd
+    huge = torch.tensor([3e22, 1e22, 0.5, 0.5, 0.0, 0.3, 0.4, 0.0])  # STEP_STATS order: finite, absurd
     loop.stats.add(huge)
     loop.report()  # one tick above the limit: a spike is allowed
-    loop.stats.add(torch.tensor([1.0, 1.0, 0.5, 0.5, 0.0, 0.3, 0.4]))
+    loop.stats.add(torch.tensor([1.0, 1.0, 0.5, 0.5, 0.0, 0.3, 0.4, 0.0]))
     loop.report()  # back to normal resets the count
     loop.stats.add(huge)
     loop.report()

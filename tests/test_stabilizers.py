@@ -198,3 +198,57 @@ def test_conditional_grid_gives_each_class_whole_rows():
     labels, cols = grid_labels(10, 64)  # too few images for the classes: one row each
     assert cols == 8 and len(labels) == 80
     assert grid_labels(0, 64) == (None, 8)
+
+
+# ---- adaptive augmentation (augment.adaptive) --------------------------------------------------
+
+def test_adaptive_probability_gates_every_op():
+    x = _images(64, seed=5)
+    p = torch.zeros(())
+    aug = DiffAugment(POLICY, generator=torch.Generator().manual_seed(0), p=p)
+    assert torch.equal(aug(x), x)  # p = 0: no image touched
+    p.fill_(1.0)
+    changed = (aug(x) != x).flatten(1).any(1)
+    assert changed.all()  # p = 1: every image
+    p.fill_(0.5)
+    aug1 = DiffAugment(["translation"], generator=torch.Generator().manual_seed(1), p=p)
+    share = (aug1(x) != x).flatten(1).any(1).float().mean().item()
+    assert 0.25 < share < 0.75  # about half (a few zero shifts leave an image as it was)
+
+
+class _OneRank:
+    num_processes = 1
+
+
+def test_adaptive_controller_follows_the_sign_of_d_on_reals():
+    from dcgan_dist.augment import AdaptiveAugment
+
+    ada = AdaptiveAugment(target=0.6, speed_kimg=1.0, global_batch=16, device=torch.device("cpu"))
+    rate = 4 * 16 / 1000
+    sure = torch.full((16,), 3.0)  # D calls every real real: r = 1 > 0.6, p rises
+    for step in range(1, 9):
+        ada.observe(sure, step, _OneRank())
+        assert ada.p.item() == pytest.approx(rate * (step // 4))  # moves only every 4 steps
+    unsure = torch.tensor([1.0, -1.0] * 8)  # r = 0 < 0.6: p falls, never below 0
+    for step in range(9, 9 + 4 * 4):
+        ada.observe(unsure, step, _OneRank())
+    assert ada.p.item() == 0.0
+    for step in range(100, 100 + 4 * 40):
+        ada.observe(sure, step, _OneRank())
+    assert ada.p.item() == 1.0  # clamped
+    # Resumed between two updates (3 steps of signs pending), it goes on exactly as without the stop.
+    fresh = AdaptiveAugment(0.6, 1.0, 16, torch.device("cpu"))
+    fresh.load_state_dict(ada.state_dict())
+    assert fresh.p.item() == 1.0 and fresh.signs.item() == ada.signs.item() == 3 * 16
+    for a in (ada, fresh):
+        a.observe(-sure, 260, _OneRank())  # r = (48 - 16) / 64 = 0.5 < 0.6: down one step
+    assert fresh.p.item() == ada.p.item() == pytest.approx(1 - rate)
+
+
+def test_adaptive_needs_a_policy():
+    from dcgan_dist import config
+    from dcgan_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match="augment.adaptive=true.*augment.policy=color,translation,cutout"):
+        config.load(None, ["augment.adaptive=true"])
+    assert config.load(None, ["augment.adaptive=true", "augment.policy=translation"]).augment.adaptive

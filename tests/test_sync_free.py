@@ -115,6 +115,7 @@ CASES = {
                                 "loss.label_flip=0.2", "optim.schedule=exp", "model.num_classes=10",
                                 "model.d_spectral=true", "model.d_dropout=0.2"],
     "wgan-gp+augment": ["loss.kind=wgan-gp", "model.d_norm=layer", "augment.policy=color,translation,cutout"],
+    "adaptive": ["augment.policy=color,translation,cutout", "augment.adaptive=true", "augment.speed_kimg=0.1"],
     "bf16": ["train.mixed_precision=bf16", "augment.policy=translation,cutout", "loss.real_label=0.9"],
 }
 BASE = ["model.resolution=32", "model.channels=1", "model.g_width=8", "model.d_width=8", "model.z_dim=16",

@@ -80,7 +80,9 @@ def _final_state(run_dir: Path) -> dict:
             for k, v in st.items():
                 state[f"opt{i}.{pid}.{k}"] = torch.as_tensor(v)
     for rank in (0, 1):
-        state[f"noise{rank}"] = torch.load(ckpt / f"dcgan_rank{rank}.pt", weights_only=False)["noise"]
+        own = torch.load(ckpt / f"dcgan_rank{rank}.pt", weights_only=False)
+        state[f"noise{rank}"] = own["noise"]
+        state.update({f"augment{rank}.{k}": v for k, v in own.get("augment", {}).items()})
     if (ckpt / "custom_checkpoint_0.pkl").is_file():  # the EMA of G
         ema = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
         state.update({f"ema.{k}": v for k, v in ema.items() if ".num_batches_tracked" not in k})
@@ -90,10 +92,13 @@ def _final_state(run_dir: Path) -> dict:
 
 
 # Every stabiliser that draws random numbers or keeps state: DiffAugment and label noise draw from
-# the checkpointed noise generator, the EMA is checkpointed, the schedule follows the image count.
+# the checkpointed noise generator, the EMA is checkpointed, the schedule follows the image count,
+# the adaptive augmentation's p and running sum are in each rank's file (resumed between updates:
+# 5 steps, updates every 4).
 # (Not cosine here: it decays towards train.kimg, which the first half of the split run sets lower.)
 STABILISERS = ["augment.policy=color,translation,cutout", "loss.kind=lsgan", "loss.real_label=0.9",
-               "loss.label_flip=0.2", "optim.schedule=exp", "optim.half_life_kimg=0.05", "model.num_classes=10", "model.d_spectral=true"]
+               "loss.label_flip=0.2", "optim.schedule=exp", "optim.half_life_kimg=0.05", "model.num_classes=10", "model.d_spectral=true",
+               "augment.adaptive=true", "augment.speed_kimg=0.5", "augment.target=0.2"]
 
 
 @pytest.mark.parametrize("extra", [[], STABILISERS, ["train.compile=default", "augment.policy=translation,cutout"]],
@@ -121,6 +126,8 @@ def test_golden_resume_is_bit_identical(tmp_path, extra):
     assert any(k.startswith("ema.") for k in tensors)  # EMA is on by default
     mismatched = [k for k in tensors if not torch.equal(a[k], b[k])]
     assert not mismatched, f"differ after resume: {mismatched[:10]}"
+    if "augment.adaptive=true" in extra:  # p moved (LSGAN's early D is sure of the reals) and resumed exactly
+        assert "augment0.p" in tensors and 0 < float(a["augment0.p"]) == float(a["augment1.p"]) < 1
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:

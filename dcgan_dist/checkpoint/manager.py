@@ -33,15 +33,16 @@ class CheckpointManager:
         best = self.run_dir / CKPT_DIR / BEST / META
         self.best_fid: Optional[float] = json.loads(best.read_text()).get("fid") if best.is_file() else None
 
-    def save(self, progress: Progress, noise: torch.Generator, G, D, generator, name: Optional[str] = None,
+    def save(self, progress: Progress, rank_state: dict, G, D, generator, name: Optional[str] = None,
              extra: Optional[dict] = None) -> Path:
-        """Collective. Also proves the ranks agree: each rank's parameter digest goes into meta.json."""
+        """Collective. `rank_state` is this rank's own state (its noise generator, ...). Also proves the
+        ranks agree: each rank's parameter digest goes into meta.json."""
         digests = gather_object([params_digest(G, D)])
         if len(set(digests)) > 1:
             log.error("ranks hold different parameters at kimg %.3f (digests %s): the processes are not "
                       "training in sync", progress.nimg / 1000, digests)
         meta = {**self.meta, "world_size": self.accelerator.num_processes, "param_digests": digests, **(extra or {})}
-        path = save(self.accelerator, self.run_dir, progress, {"noise": noise.get_state()}, meta, keep=self.keep,
+        path = save(self.accelerator, self.run_dir, progress, rank_state, meta, keep=self.keep,
                     generator=generator, name=name, make_room=self.make_room)
         if name is None:
             self.last = str(path)
@@ -54,7 +55,7 @@ class CheckpointManager:
         """Whether `fid` beats every earlier evaluation of the run (every rank has the same number)."""
         return self.best_fid is None or fid < self.best_fid
 
-    def save_best(self, progress: Progress, noise: torch.Generator, G, D, generator, fid: float, num: int) -> Path:
+    def save_best(self, progress: Progress, rank_state: dict, G, D, generator, fid: float, num: int) -> Path:
         """Collective: checkpoints/best/, beside the rotation (resume=auto and checkpoint.keep ignore it)."""
         self.best_fid = fid
-        return self.save(progress, noise, G, D, generator, name=BEST, extra={"fid": fid, "fid_num": num})
+        return self.save(progress, rank_state, G, D, generator, name=BEST, extra={"fid": fid, "fid_num": num})
