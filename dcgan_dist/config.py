@@ -72,6 +72,8 @@ class LossCfg:
     label_flip: float = opt(0.0, "probability of swapping a sample's real/fake target in the D step (label noise); "
                                  "nonsaturating and lsgan only")
     gp_weight: float = opt(10.0, "wgan-gp: weight of the gradient penalty (Gulrajani et al., 2017)")
+    r1_gamma: float = opt(0.0, "R1 penalty on the reals (Mescheder et al., 2018): adds r1_gamma/2 * E||grad D(x)||^2 "
+                               "to D's loss, with any loss.kind; 0 = off")
 
 
 @dataclass
@@ -313,6 +315,9 @@ def _validate_training_options(cfg: Config, need) -> None:
     need(0.0 < loss.real_label <= 1.0, f"loss.real_label must be in (0, 1] (got {loss.real_label})")
     need(0.0 <= loss.label_flip < 0.5, f"loss.label_flip must be in [0, 0.5) (got {loss.label_flip})")
     need(loss.gp_weight >= 0, f"loss.gp_weight must be >= 0 (got {loss.gp_weight})")
+    need(loss.r1_gamma >= 0, f"loss.r1_gamma must be >= 0 (0 = off; got {loss.r1_gamma})")
+    need(loss.r1_gamma == 0 or cfg.train.mixed_precision != "fp16",
+         "loss.r1_gamma with train.mixed_precision=fp16: the penalty's gradient is not loss-scaled; use bf16 or no")
     if loss.kind in ("hinge", "wgan-gp"):
         need(loss.real_label == 1.0 and loss.label_flip == 0.0,
              f"loss.real_label and loss.label_flip are targets of the nonsaturating and lsgan losses; loss.kind="

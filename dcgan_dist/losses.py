@@ -106,6 +106,16 @@ def gradient_penalty(D: Callable[..., Tensor], real: Tensor, fake: Tensor, label
     return (grad.float().flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
 
 
+def r1_penalty(D: Callable[..., Tensor], real: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+    """R1 penalty (Mescheder et al., 2018): E[||grad_x D(x)||_2^2] on the real images D sees (the
+    augmented ones under DiffAugment). The caller weights it by loss.r1_gamma / 2. Like
+    `gradient_penalty`, a double backward through D (pass `engines.graph_module(D)`)."""
+    x = real.detach().requires_grad_(True)
+    out = D(x) if labels is None else D(x, labels)
+    (grad,) = torch.autograd.grad(out.float().sum(), x, create_graph=True)
+    return grad.float().flatten(1).pow(2).sum(1).mean()
+
+
 # ---- the original non-saturating pair, kept as the simple entry points -----------------------------
 
 def d_loss_nonsaturating(real_logits: Tensor, fake_logits: Tensor, real_label: float = 1.0) -> Tensor:
@@ -126,6 +136,6 @@ def g_loss_nonsaturating(fake_logits: Tensor) -> Tensor:
     return g_nonsaturating(fake_logits)
 
 
-__all__ = ["D_LOSSES", "G_LOSSES", "LOSSES", "d_targets", "gradient_penalty", "d_nonsaturating", "d_lsgan",
+__all__ = ["D_LOSSES", "G_LOSSES", "LOSSES", "d_targets", "gradient_penalty", "r1_penalty", "d_nonsaturating", "d_lsgan",
            "d_hinge", "d_wasserstein", "g_nonsaturating", "g_lsgan", "g_wasserstein",
            "d_loss_nonsaturating", "g_loss_nonsaturating"]

@@ -25,7 +25,7 @@ from . import engines
 from .augment import AdaptiveAugment, DiffAugment
 from .config import Config, ConfigError, augment_policy
 from .ema import GeneratorEMA
-from .losses import D_LOSSES, G_LOSSES, d_targets, gradient_penalty
+from .losses import D_LOSSES, G_LOSSES, d_targets, gradient_penalty, r1_penalty
 
 log = logging.getLogger("dcgan_dist")
 
@@ -77,6 +77,7 @@ class GANStep:
         self.d_loss, self.g_loss = D_LOSSES[loss.kind], G_LOSSES[loss.kind]
         self.real_label, self.flip = loss.real_label, loss.label_flip
         self.gp_weight = loss.gp_weight if loss.kind == "wgan-gp" else 0.0
+        self.r1_gamma = loss.r1_gamma
         self.conditional = cfg.model.num_classes > 0
         a = cfg.augment
         self.ada = AdaptiveAugment(a.target, a.speed_kimg, cfg.train.batch, accelerator.device) if a.adaptive else None
@@ -122,6 +123,9 @@ class GANStep:
         if self.gp_weight > 0:  # double backward: through the plain (not compiled) D
             gp = gradient_penalty(engines.graph_module(self.accelerator, self.D), real_in, fake_in, y, self.noise)
             loss_d = loss_d + self.gp_weight * gp
+        if self.r1_gamma > 0:  # the same double backward, on the reals alone
+            gp = r1_penalty(engines.graph_module(self.accelerator, self.D), real_in, y)
+            loss_d = loss_d + 0.5 * self.r1_gamma * gp
         engines.update(self.accelerator, self.D, self.opt_d, loss_d)
         if self.ada is not None:  # the step's number from the image count: the same grid after a resume
             self.ada.observe(real_out, nimg_after // self.global_batch, self.accelerator)

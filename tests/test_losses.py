@@ -149,6 +149,25 @@ def test_gradient_penalty_closed_form_for_a_linear_critic():
     assert torch.allclose(w.grad, 2 * (norm - 1) * w.detach() / norm, rtol=1e-5)
 
 
+def test_r1_penalty_closed_form():
+    """D(x) = <w, x^2>/2: grad = w * x per sample, so the penalty is the mean over samples of |w x|^2;
+    its gradient with respect to w is 2 w x^2 averaged."""
+    from dcgan_dist.losses import r1_penalty
+
+    w = torch.tensor([[[[0.5, -1.0], [2.0, 0.25]]]], requires_grad=True)
+
+    def critic(x):
+        return (0.5 * x * x * w).flatten(1).sum(1)
+
+    real = torch.randn(6, 1, 2, 2, generator=torch.Generator().manual_seed(2))
+    r1 = r1_penalty(critic, real)
+    expected = (w.detach() * real).pow(2).flatten(1).sum(1).mean()
+    assert r1.item() == pytest.approx(expected.item(), rel=1e-6)
+    r1.backward()
+    assert torch.allclose(w.grad, (2 * w.detach() * real.pow(2)).mean(0, keepdim=True), rtol=1e-5)
+    assert not real.requires_grad  # the caller's batch is left alone
+
+
 def test_gradient_penalty_interpolates_between_real_and_fake():
     seen = []
 

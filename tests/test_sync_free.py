@@ -116,6 +116,8 @@ CASES = {
                                 "model.d_spectral=true", "model.d_dropout=0.2"],
     "wgan-gp+augment": ["loss.kind=wgan-gp", "model.d_norm=layer", "augment.policy=color,translation,cutout"],
     "adaptive": ["augment.policy=color,translation,cutout", "augment.adaptive=true", "augment.speed_kimg=0.1"],
+    "hinge+r1+sn": ["loss.kind=hinge", "loss.r1_gamma=1", "model.d_norm=none", "model.d_spectral=true",
+                    "optim.d_beta1=0", "optim.g_beta1=0"],
     "bf16": ["train.mixed_precision=bf16", "augment.policy=translation,cutout", "loss.real_label=0.9"],
 }
 BASE = ["model.resolution=32", "model.channels=1", "model.g_width=8", "model.d_width=8", "model.z_dim=16",
