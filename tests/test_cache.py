@@ -80,7 +80,7 @@ def test_cache_refuses_a_set_larger_than_memory(toy, monkeypatch):
 
 def test_cache_key_is_validated():
     assert config.load(None, ["data.cache=memory"]).data.cache == "memory"
-    with pytest.raises(ConfigError, match="data.cache must be none or memory"):
+    with pytest.raises(ConfigError, match="data.cache must be one of none, memory"):
         config.load(None, ["data.cache=ram"])
 
 
