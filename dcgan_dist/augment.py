@@ -156,7 +156,7 @@ class AdaptiveAugment:
         self.signs += real_out.detach().float().sign().sum().to(torch.float64)
         if step % self.interval == 0:
             total = accelerator.reduce(self.signs, reduction="sum") if accelerator.num_processes > 1 else self.signs
-            r = total / (self.interval * self.global_batch)  # the reals of those steps, all ranks: a host number
+            r = total / (self.interval * self.global_batch)  # over the reals of those steps, all ranks (on the device)
             self.p.add_(torch.sign(r - self.target).float() * self.rate).clamp_(0.0, 1.0)
             self.signs.zero_()
 

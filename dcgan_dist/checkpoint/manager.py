@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import torch
 from accelerate.utils import gather_object
 
 from .. import config
