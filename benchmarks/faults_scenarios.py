@@ -15,7 +15,7 @@ from pathlib import Path
 
 from faults_lib import REPO, Start, checkpoints_ok, child_env, gone_within, kill_tree, overrides
 
-from dcgan_dist import checkpoint
+from dcgan_dist import checkpoint, integrity
 from dcgan_dist.data import locate
 
 
@@ -173,7 +173,7 @@ def disk_full_during_save(work: Path, short: bool = False) -> tuple[bool, str]:
         deadline = time.time() + 180
         while not checkpoint.complete_checkpoints(run) and time.time() < deadline and start.rc is None:
             time.sleep(0.05)
-        one = checkpoint.integrity.size_of(checkpoint.complete_checkpoints(run)[-1])
+        one = integrity.size_of(checkpoint.complete_checkpoints(run)[-1])
         free = shutil.disk_usage(disk).free
         with open(disk / "filler", "wb") as f:  # leave room for the bytes of one checkpoint, not for its blocks
             f.write(b"\0" * max(0, free - one - (8 << 10)))
