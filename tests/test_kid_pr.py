@@ -1,5 +1,5 @@
-"""KID and improved precision/recall: closed forms, loop-based references, batching invariance, and the
-one-process collective helpers."""
+"""KID and improved precision/recall: closed forms, loop-based references, batching invariance, the
+one-process collective helpers, and torchmetrics' KID (when importable)."""
 
 from __future__ import annotations
 
@@ -332,3 +332,58 @@ def test_one_process_gather_and_reduce_are_identities():
     assert [share(10, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
     with pytest.raises(ValueError):
         check_features("x", torch.randn(3))
+
+
+# ---- torchmetrics' KernelInceptionDistance ---------------------------------------------------------
+
+def _torchmetrics_kid(real: torch.Tensor, fake: torch.Tensor, subsets: int, subset_size: int):
+    tm_kid = pytest.importorskip("torchmetrics.image.kid", reason="torchmetrics is not installed (optional: only "
+                                 "this cross-check uses it)")
+    metric = tm_kid.KernelInceptionDistance(feature=torch.nn.Identity(), subsets=subsets, subset_size=subset_size)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kid_equals_torchmetrics_on_the_full_sets(dtype):
+    """subset_size = N and one subset: torchmetrics' random permutation is the whole set, and MMD^2_u
+    does not depend on the order, so both compute the same number (ours always in float64;
+    torchmetrics in the features' dtype, hence the looser bound for float32 features)."""
+    g = _gen(21)
+    real = torch.randn(600, 2048, generator=g).relu()
+    fake = (torch.randn(600, 2048, generator=g) * 1.05 + 0.02).relu()
+    ours = kid(real, fake, num_subsets=1, subset_size=600)
+    tm_mean, tm_std = _torchmetrics_kid(real.to(dtype), fake.to(dtype), 1, 600)
+    assert ours.mean > 0
+    if dtype == torch.float64:
+        assert tm_mean == pytest.approx(ours.mean, rel=1e-9)
+    else:  # float32 sums of ~m^2 kernel values of order 1: ~1e-7 absolute here (5e-5 relative)
+        assert tm_mean == pytest.approx(ours.mean, abs=2e-6)
+    assert tm_std == 0.0 and ours.std == 0.0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_kid_equals_torchmetrics_on_its_own_subsets():
+    """torchmetrics draws each subset as randperm(N_real)[:m], randperm(N_fake)[:m] from torch's
+    global generator: replay those draws, and our per-subset estimator and summary equal its
+    mean and (population) std."""
+    g = _gen(22)
+    real = torch.randn(500, 256, generator=g, dtype=torch.float64).relu()
+    fake = (torch.randn(400, 256, generator=g, dtype=torch.float64) + 0.03).relu()
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(77)
+        tm_mean, tm_std = _torchmetrics_kid(real, fake, 20, 100)
+        torch.manual_seed(77)
+        values = []
+        for _ in range(20):
+            r = real[torch.randperm(500)[:100]]
+            f = fake[torch.randperm(400)[:100]]
+            values.append(mmd2_unbiased(f, r).item())
+    finally:
+        torch.random.set_rng_state(state)
+    assert float(np.mean(values)) == pytest.approx(tm_mean, rel=1e-9)
+    assert float(np.std(values)) == pytest.approx(tm_std, rel=1e-7)
