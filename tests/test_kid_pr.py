@@ -1,5 +1,6 @@
-"""KID and improved precision/recall: closed forms, loop-based references, batching invariance, the
-one-process collective helpers, and torchmetrics' KID (when importable)."""
+"""KID and improved precision/recall: closed forms, a loop-based reference, batching invariance, the
+collective feature gather, torchmetrics' KID (when importable) and 2 processes through the real
+launcher against 1."""
 
 from __future__ import annotations
 
@@ -387,3 +388,39 @@ def test_kid_equals_torchmetrics_on_its_own_subsets():
         torch.random.set_rng_state(state)
     assert float(np.mean(values)) == pytest.approx(tm_mean, rel=1e-9)
     assert float(np.std(values)) == pytest.approx(tm_std, rel=1e-7)
+
+
+# ---- 2 processes through the real launcher ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_processes_gather_and_compute_the_single_process_numbers_exactly():
+    """accelerate launch, 2 CPU ranks (gloo), each holding a different, unequal share of the same
+    features: the gathered sets are the full sets, and the collectively computed KID (subsets split
+    3 + 4 over the ranks) and precision/recall (rows split over the ranks) equal the one-process
+    numbers exactly, those computed in the ranks and those computed here."""
+    script = REPO / "tests" / "scripts" / "kid_pr_two_process.py"
+    e = env()
+    e["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [e.get("PYTHONPATH")])])  # this checkout's package
+    proc = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+                           str(CPU_LAUNCH), str(script)], cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert out["world_size"] == 2
+    assert out["gathered_equal"] and out["empty_share_gather_equal"]
+    assert out["ranks_agree"]
+    assert out["kid"]["values"] == out["kid_single"]["values"] and len(out["kid"]["values"]) == 7
+    assert (out["kid"]["mean"], out["kid"]["std"]) == (out["kid_single"]["mean"], out["kid_single"]["std"])
+    assert out["pr"] == out["pr_single"]
+    assert out["radii_max_rel_diff"] <= 1e-13
+
+    sys.path.insert(0, str(script.parent))
+    try:
+        import kid_pr_two_process as worker
+    finally:
+        sys.path.remove(str(script.parent))
+    kid_here, pr_here = worker.reference()
+    assert out["kid"]["values"] == list(kid_here.values)
+    assert out["kid"]["mean"] == kid_here.mean
+    assert out["pr"]["fakes_in_real"] == pr_here.fakes_in_real and out["pr"]["reals_in_fake"] == pr_here.reals_in_fake
+    assert (out["pr"]["precision"], out["pr"]["recall"]) == (pr_here.precision, pr_here.recall)
+    assert 0 < pr_here.precision < 1 and 0 < pr_here.recall < 1  # not a degenerate case
