@@ -1,0 +1,78 @@
+"""Launched by tests/test_kid_pr.py with 2 CPU processes: do KID and precision/recall computed
+collectively (features gathered from unequal per-rank shares, the work split over the ranks) equal
+the single-process numbers on the full sets, exactly?
+
+Every rank builds the same full sets (`sets()`, also imported by the test), keeps a different,
+unequal share of each, gathers, and computes KID and PR with the accelerator; it also computes the
+single-process reference (accelerator=None) on the full sets. Prints one JSON line from rank zero.
+"""
+
+import json
+
+import torch
+from accelerate import Accelerator
+
+from dcgan_dist.metrics.features import gather_features
+from dcgan_dist.metrics.kid import kid
+from dcgan_dist.metrics.precision_recall import knn_sq_radii, precision_recall
+
+N_REAL, N_FAKE, DIM = 203, 150, 32
+KID_ARGS = dict(num_subsets=7, subset_size=60, seed=11)  # 7 subsets: an uneven split over 2 ranks
+PR_ARGS = dict(k=3, row_batch=16)
+SPLIT = {"real": 60, "fake": 100}  # rank 0's rows; rank 1 holds the rest
+
+
+def sets():
+    """The full real and generated feature sets: overlapping, not identical, distributions."""
+    g = torch.Generator().manual_seed(1234)
+    real = torch.randn(N_REAL, DIM, generator=g).relu()
+    fake = (torch.randn(N_FAKE, DIM, generator=g) * 1.2 + 0.15).relu()
+    return real, fake
+
+
+def reference():
+    real, fake = sets()
+    return kid(real, fake, **KID_ARGS), precision_recall(real, fake, **PR_ARGS)
+
+
+def main():
+    acc = Accelerator(cpu=True)
+    rank, world = acc.process_index, acc.num_processes
+    assert world == 2, f"expected 2 processes, got {world}"
+    real, fake = sets()
+    mine = {name: (x[:SPLIT[name]] if rank == 0 else x[SPLIT[name]:]) for name, x in (("real", real), ("fake", fake))}
+    real_g = gather_features(acc, mine["real"])
+    fake_g = gather_features(acc, mine["fake"])
+    empty_share = gather_features(acc, real[:5] if rank == 0 else real[:0])  # a rank with nothing to give
+
+    kid_dist = kid(real_g, fake_g, **KID_ARGS, accelerator=acc)
+    pr_dist = precision_recall(real_g, fake_g, **PR_ARGS, accelerator=acc)
+    radii_dist = knn_sq_radii(real_g, k=3, row_batch=16, accelerator=acc)
+    kid_one, pr_one = reference()
+    radii_one = knn_sq_radii(real, k=3, row_batch=16)
+
+    # every rank's numbers, to check that all ranks return the same
+    mine_t = torch.tensor([[kid_dist.mean, kid_dist.std, pr_dist.precision, pr_dist.recall]], dtype=torch.float64)
+    all_ranks = acc.gather(mine_t)
+    if acc.is_main_process:
+        print(json.dumps({
+            "world_size": world,
+            "shares": {"real": [SPLIT["real"], N_REAL - SPLIT["real"]],
+                       "fake": [SPLIT["fake"], N_FAKE - SPLIT["fake"]]},
+            "gathered_equal": bool(torch.equal(real_g, real) and torch.equal(fake_g, fake)),
+            "empty_share_gather_equal": bool(torch.equal(empty_share, real[:5])),
+            "kid": {"mean": kid_dist.mean, "std": kid_dist.std, "values": list(kid_dist.values),
+                    "subset_size": kid_dist.subset_size},
+            "kid_single": {"mean": kid_one.mean, "std": kid_one.std, "values": list(kid_one.values)},
+            "pr": {"precision": pr_dist.precision, "recall": pr_dist.recall,
+                   "fakes_in_real": pr_dist.fakes_in_real, "reals_in_fake": pr_dist.reals_in_fake},
+            "pr_single": {"precision": pr_one.precision, "recall": pr_one.recall,
+                          "fakes_in_real": pr_one.fakes_in_real, "reals_in_fake": pr_one.reals_in_fake},
+            "radii_max_rel_diff": ((radii_dist - radii_one).abs() / radii_one).max().item(),
+            "ranks_agree": bool(torch.equal(all_ranks[0], all_ranks[1])),
+        }), flush=True)
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
