@@ -1,11 +1,11 @@
-"""Pixels in: the one image decoder every reader uses (prepare, the training stream).
+"""Pixels in: the one image decoder every reader uses (prepare, the training stream, FID's image sets).
 
     IMAGE_EXTS     the file extensions that count as images, everywhere (folders, archives, shard members)
     open_image     encoded bytes (or a decoded array) -> a loaded PIL image: prepare crops and resizes it
     decode_image   encoded bytes -> uint8 C x H x W array, gray or RGB by one rule (`color_mode`)
 
 Gray or RGB (`color_mode`): asked for `channels` (1 or 3), an image is converted to that; asked
-for nothing (`channels=None`, images read as stored), a gray image stays
+for nothing (`channels=None`, FID's image sets, which are measured as stored), a gray image stays
 gray (PIL modes 1, L, I, I;16) and every other becomes RGB (alpha dropped, palettes expanded).
 """
 
