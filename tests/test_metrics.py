@@ -22,12 +22,13 @@ import pytest
 import scipy.linalg
 import torch
 
+from dcgan_dist.data.images import to_uint8
 from dcgan_dist.data.imagesets import iter_range, open_image_set
 from dcgan_dist.metrics import evaluation, inception
 from dcgan_dist.metrics.evaluation import RefStats, image_stats, latents, rank_range, reference_stats
 from dcgan_dist.metrics.fid import FeatureStats, fid_from_stats, frechet_distance, inception_score
 from dcgan_dist.metrics.inception import (InceptionWeightsError, detect_format, load_extractor, resize_tf1,
-                                          resolve_weights, to_network_input, to_uint8)
+                                          resolve_weights, to_network_input)
 from dcgan_dist.metrics.inception_net import FIDInceptionV3, from_torchscript_state
 
 from conftest import CPU_LAUNCH, REPO, SHARED, env

@@ -32,8 +32,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .fid import FeatureStats, fid_from_stats, inception_score
-from .inception import InceptionExtractor, publish, to_uint8, weights_cache_dir
+from .inception import InceptionExtractor, publish, weights_cache_dir
 from .inception_net import FEATURE_DIM, NUM_CLASSES
+from ..data.images import to_uint8
 from ..data.imagesets import ImageSet, count_images, describe, iter_range, open_image_set
 
 log = logging.getLogger("dcgan_dist.metrics")
