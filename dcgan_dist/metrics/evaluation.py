@@ -32,8 +32,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .fid import FeatureStats, fid_from_stats, inception_score
-from .inception import InceptionExtractor, publish, weights_cache_dir
+from .inception import InceptionExtractor, publish
 from .inception_net import FEATURE_DIM, NUM_CLASSES
+from ..data import locate
 from ..data.images import to_uint8
 from ..data.imagesets import ImageSet, count_images, describe, iter_range, open_image_set
 
@@ -246,10 +247,6 @@ class RefStats:
     cached: bool = field(default=False)
 
 
-def default_cache_dir() -> Path:
-    return weights_cache_dir().parent / "fid"
-
-
 def reference_key(source: ImageSet, num: int, extractor: InceptionExtractor) -> Optional[dict]:
     """Everything the statistics depend on; None when the set has no content hash (not cacheable)."""
     if source.content_sha256 is None:
@@ -316,7 +313,7 @@ def reference_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[
     if n < 2:  # decided on every rank alike, before any collective
         raise ValueError(f"{src.spec}: reference statistics need at least 2 images, got {n}")
     key = reference_key(src, n, extractor)
-    path = cache_path(Path(cache_dir or default_cache_dir()), key, src.index.name) if key else None
+    path = cache_path(Path(cache_dir or locate.cache_dir("fid")), key, src.index.name) if key else None
     hit = None
     if rank == 0 and path is not None and path.is_file():
         try:

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .inception_net import FEATURE_DIM, FIDInceptionV3, from_torchscript_state
+from ..data.locate import cache_dir
 from ..errors import UserError
 
 PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -77,11 +78,6 @@ def _how_to_supply() -> str:
 
 
 # ---- where the weights come from ----------------------------------------------------------------
-
-def weights_cache_dir() -> Path:
-    """`$DCGAN_DIST_CACHE/inception` (default ~/.cache/dcgan_dist/inception)."""
-    return Path(os.environ.get("DCGAN_DIST_CACHE", Path.home() / ".cache" / "dcgan_dist")) / "inception"
-
 
 def sha256_file(path: Union[str, os.PathLike]) -> str:
     """Hex sha256 of a file, memoised per (path, size, mtime): the weights are hashed once per process."""
@@ -140,7 +136,7 @@ def resolve_weights(path: Optional[Union[str, os.PathLike]] = None, *, origin: s
         if not p.is_file():
             raise InceptionWeightsError(f"{origin}={path}: no such file. {_how_to_supply()}")
         return p
-    cached = weights_cache_dir() / Path(url).name
+    cached = cache_dir("inception") / Path(url).name
     if cached.is_file() and sha256_file(cached) == sha256:
         return cached
     if not download:
