@@ -22,7 +22,6 @@ import pytest
 import scipy.linalg
 import torch
 
-from dcgan_dist.data.images import to_uint8
 from dcgan_dist.data.imagesets import iter_range, open_image_set
 from dcgan_dist.metrics import evaluation, inception
 from dcgan_dist.metrics.evaluation import RefStats, image_stats, latents, rank_range, reference_stats
@@ -197,12 +196,6 @@ def test_inception_score_without_logits_is_a_clear_error():
 
 
 # ---- preprocessing ------------------------------------------------------------------------------
-
-def test_to_uint8_inverts_the_loaders_mapping_exactly():
-    u = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(to_uint8(u.float() / 127.5 - 1), u)  # StyleGAN's rule is round-half-up
-    assert to_uint8(torch.tensor([-1.7, 1.7, 0.0])).tolist() == [0, 255, 128]
-
 
 def _tf1_reference(img: np.ndarray, out: int) -> np.ndarray:
     """TensorFlow 1.x ResizeBilinear (align_corners=False) written out from its kernel."""
