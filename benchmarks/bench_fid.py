@@ -29,6 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dcgan_dist.data.images import to_uint8  # noqa: E402
 from dcgan_dist.metrics import evaluation  # noqa: E402
 from dcgan_dist.metrics.evaluation import RefStats  # noqa: E402
 from dcgan_dist.metrics.inception import (load_torchscript, detect_format, load_extractor, load_network,  # noqa: E402
@@ -54,17 +55,17 @@ def bench_extraction(path: Path, batch: int, rounds: int, resolution: int) -> di
         bare_name = "FIDInceptionV3 (unfused)"
     gen = torch.Generator().manual_seed(0)
     fakes = torch.rand(batch, 3, resolution, resolution, generator=gen) * 2 - 1  # generator output in [-1, 1]
-    prepared = to_network_input(evaluation.to_uint8(fakes))  # what the bare network is handed, ready-made
+    prepared = to_network_input(to_uint8(fakes))  # what the bare network is handed, ready-made
     with torch.inference_mode():
         bare_net(prepared[:2])  # warm-up: oneDNN primitive creation
-    extractor(evaluation.to_uint8(fakes[:2]))
+    extractor(to_uint8(fakes[:2]))
 
     def bare():
         with torch.inference_mode():
             bare_net(prepared)
 
     def pipeline():
-        extractor(evaluation.to_uint8(fakes))
+        extractor(to_uint8(fakes))
 
     bare_rates, pipe_rates = [], []
     for r in range(rounds):

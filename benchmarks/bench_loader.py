@@ -50,6 +50,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dcgan_dist.data import stream
+from dcgan_dist.data.images import IMAGE_EXTS
 from dcgan_dist.data.shards import encode_png, write_shards
 from dcgan_dist import config as config_mod
 from dcgan_dist.loop import to_unit_range
@@ -59,7 +60,6 @@ from dcgan_dist.models import build_models, count_params, stage_plan
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "faces" / "fairface_val_1-3000.tar"
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TARGET_LOADER_VS_TRAIN = 5.0
 TARGET_LOADER_VS_FOLDER = 1.5
 Z_DIM, WIDTH = 100, 64  # the standard DCGAN

@@ -30,7 +30,8 @@ from .errors import UserError
 from .metrics import evaluation
 from .metrics.evaluation import RefStats
 from .metrics.inception import PREPROCESS_MODES, load_extractor
-from .metrics.sources import SourceError, open_source
+from .data.errors import SourceError
+from .data.imagesets import open_image_set
 
 log = logging.getLogger("dcgan_dist")
 
@@ -75,8 +76,8 @@ def run_checkpoint(args, accelerator, ctx: dict) -> dict:
     G, weights = checkpoint.load_generator(opened, accelerator.device)
     data = args.data or cfg.data.shards
     try:
-        source = open_source(data, cfg.model.resolution, cfg.model.channels,
-                             origin="--data" if args.data else "data.shards")
+        source = open_image_set(data, cfg.model.resolution, cfg.model.channels,
+                                origin="--data" if args.data else "data.shards")
     except SourceError as e:
         raise SourceError(f"{e}\n(the reference data of {ckpt}; point --data at the training shards)") from None
     ref = evaluation.reference_stats(accelerator, source, num=args.ref_num, extractor=extractor,
@@ -92,7 +93,7 @@ def run_checkpoint(args, accelerator, ctx: dict) -> dict:
 
 
 def _set_stats(args, accelerator, spec: str, extractor, with_is: bool, origin: str):
-    src = open_source(spec, origin=origin)
+    src = open_image_set(spec, origin=origin)
     return evaluation.image_stats(accelerator, src, num=args.num, batch=args.batch, extractor=extractor,
                                   with_is=with_is, progress=not args.no_progress)
 
@@ -120,7 +121,7 @@ def run_two_sets(args, accelerator, ctx: dict) -> dict:
 
 def run_precompute(args, accelerator, ctx: dict) -> dict:
     extractor = _extractor(args, accelerator, args.inception, "--inception", ctx)
-    source = open_source(args.precompute, origin="--precompute")
+    source = open_image_set(args.precompute, origin="--precompute")
     ref = evaluation.reference_stats(accelerator, source, num=args.num, extractor=extractor,
                                      cache_dir=args.cache_dir, batch=args.batch, progress=not args.no_progress)
     ctx.update(mode="precompute", data=args.precompute, ref_cache=str(ref.path) if ref.path else None)

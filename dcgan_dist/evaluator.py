@@ -12,7 +12,7 @@ from .config import Config
 from .errors import UserError
 from .metrics.evaluation import evaluate_generator, reference_stats
 from .metrics.inception import load_extractor
-from .metrics.sources import ImageSource
+from .data.imagesets import ImageSet
 
 log = logging.getLogger("dcgan_dist")
 
@@ -31,7 +31,7 @@ class TrainingEvaluator:
             cfg.eval.inception, origin="eval.inception", device=accelerator.device, preprocess=cfg.eval.preprocess),
             (UserError,))
         log.info("FID every %g kimg from %d samples: %s", cfg.eval.every_kimg, cfg.eval.num, extractor)
-        source = ImageSource.from_shard_set(cfg.data.shards, shards)
+        source = ImageSet.from_shard_set(cfg.data.shards, shards)
         ref = reference_stats(accelerator, source, num=cfg.eval.ref_num, extractor=extractor, batch=cfg.eval.batch)
         # A conditional G is evaluated on labels drawn with the training set's class frequencies.
         class_probs = shards.index.class_counts if shards.index and cfg.model.num_classes else None

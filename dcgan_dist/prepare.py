@@ -32,8 +32,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .data.images import color_mode, open_image
 from .data.shards import ShardSink, plan_shards
-from .data.sources import Source, open_source, to_image
+from .data.sources import Source, open_source
 
 FILTERS = {"lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC,
            "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
@@ -45,7 +46,7 @@ _OPTS: Optional[argparse.Namespace] = None
 
 def convert(image: Image.Image, resolution: int, channels: int, resize: str, crop: str) -> Image.Image:
     """Centre-crop (optional), resize and set the colour mode of one image."""
-    image = image.convert("L" if channels == 1 else "RGB")
+    image = image.convert(color_mode(image.mode, channels))
     if crop == "center" and image.width != image.height:
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
@@ -74,7 +75,7 @@ def _process(task: tuple[int, object]) -> Optional[bytes]:
     src, ref = task
     o = _OPTS
     try:
-        image = convert(to_image(_SOURCES[src].read(ref)), o.resolution, o.channels, o.resize, o.crop)
+        image = convert(open_image(_SOURCES[src].read(ref)), o.resolution, o.channels, o.resize, o.crop)
         return encode(image, o.encoding, o.quality)
     except Exception:  # any decoder error means "unreadable": counted, not fatal
         return None

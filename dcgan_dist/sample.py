@@ -34,11 +34,11 @@ from typing import Optional
 
 import torch
 from PIL import Image, ImageDraw
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from . import checkpoint, errors, layout, tracking
 from .errors import UserError
+from .data.images import image_grid, save_png, to_uint8
 from .metrics.evaluation import latents
 
 log = logging.getLogger("dcgan_dist")
@@ -108,11 +108,6 @@ def check_class(cls: Optional[int], num_classes: int, ckpt: Path) -> None:
                           f"use --class 0 .. {num_classes - 1}")
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> uint8, rounded exactly as save_image(normalize=True, value_range=(-1, 1)) does for grids."""
-    return ((images.clamp(-1, 1) + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
-
-
 @torch.no_grad()
 def generate(G, z: torch.Tensor, labels: Optional[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
     """G's images for latents z (and labels), in batches, on the CPU as float32 in [-1, 1]."""
@@ -139,8 +134,8 @@ def write_images(G, args, seed: int, device: torch.device) -> None:
         e = min(s + args.batch, args.num)
         labels = all_labels[s:e] if all_labels is not None else None
         pixels = to_uint8(generate(G, latents(seed, s, e, G.z_dim), labels, args.batch, device))
-        for i, img in zip(range(s, e), pixels.permute(0, 2, 3, 1).numpy()):
-            Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(out / f"{i:06d}.png")
+        for i, img in zip(range(s, e), pixels):
+            save_png(img, out / f"{i:06d}.png")
         bar.update(e - s)
     bar.close()
     note = ""
@@ -152,9 +147,9 @@ def write_images(G, args, seed: int, device: torch.device) -> None:
 
 
 def save_grid(images: torch.Tensor, nrow: int, path: str) -> None:
-    """The same grid layout as the trainer's fakes_*.png (tracking.py): 2-pixel padding, [-1, 1] range."""
+    """The same grid as the trainer's fakes_*.png (tracking.py): `data.images.image_grid`, the pixels of --num."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2), path)
+    save_png(image_grid(images, nrow), path)
 
 
 def write_grid(G, args, seed: int, device: torch.device) -> None:

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from . import config as config_mod
 from . import layout, runlock
 from .config import Config
+from .data.images import image_grid, save_png
 from .errors import UserError
 
 log = logging.getLogger("dcgan_dist")
@@ -174,9 +174,9 @@ class Tracker:
         """Save an image grid (values in [-1, 1]; `nrow` images per row, default square) as PNG and as a
         TensorBoard image."""
         nrow = nrow or max(1, int(math.sqrt(images.shape[0])))
-        grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+        grid = image_grid(images, nrow)  # uint8: the PNG, TensorBoard and `sample` show the same pixels
         path = self.samples_dir / filename
-        save_image(grid, path)
+        save_png(grid, path)
         self.writer.add_image(tag, grid, global_step=nimg)
         self.writer.flush()
         return path

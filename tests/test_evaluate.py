@@ -17,7 +17,8 @@ from PIL import Image
 
 from conftest import CPU_LAUNCH, REPO, SHARED, TINY, env, read_json
 
-from dcgan_dist.metrics.sources import SourceError, iter_range, open_source
+from dcgan_dist.data.errors import SourceError
+from dcgan_dist.data.imagesets import iter_range, open_image_set
 
 TS_WEIGHTS = SHARED / "data" / "fid_inception" / "default_1.pt"
 FACES = SHARED / "data" / "faces" / "fairface_val_1-3000.tar"
@@ -56,7 +57,7 @@ def trained_run(tmp_path_factory) -> Path:
 def face_folder(tmp_path_factory) -> Path:
     """12 FairFace crops as PNG files: a folder, the two-folder mode's input."""
     folder = tmp_path_factory.mktemp("faces")
-    for i, arr in enumerate(iter_range(open_source(str(FACES)), 0, 12)):
+    for i, arr in enumerate(iter_range(open_image_set(str(FACES)), 0, 12)):
         Image.fromarray(arr.transpose(1, 2, 0)).save(folder / f"{i:03d}.png")
     return folder
 
@@ -76,13 +77,13 @@ def test_missing_weights_say_how_to_supply_them(tmp_path):
         assert way in proc.stderr
 
 
-def test_open_source_names_the_option_it_came_from(tmp_path):
+def test_open_image_set_names_the_option_it_came_from(tmp_path):
     """Without ../shared too: the image-set opener names `--real PATH`, not the trainer's data.shards."""
     (tmp_path / "empty").mkdir()
     for spec, what in ((tmp_path / "missing", "no such file or directory"),
                        (tmp_path / "empty", "a folder with neither"), (tmp_path / "*.tar", "no shards matched")):
         with pytest.raises(SourceError) as exc:
-            open_source(str(spec), origin="--real")
+            open_image_set(str(spec), origin="--real")
         assert str(exc.value).startswith(f"--real {spec}: {what}") and "data.shards" not in str(exc.value)
 
 

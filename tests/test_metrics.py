@@ -22,13 +22,13 @@ import pytest
 import scipy.linalg
 import torch
 
+from dcgan_dist.data.imagesets import iter_range, open_image_set
 from dcgan_dist.metrics import evaluation, inception
-from dcgan_dist.metrics.evaluation import RefStats, image_stats, latents, reference_stats
+from dcgan_dist.metrics.evaluation import RefStats, image_stats, latents, rank_range, reference_stats
 from dcgan_dist.metrics.fid import FeatureStats, fid_from_stats, frechet_distance, inception_score
 from dcgan_dist.metrics.inception import (InceptionWeightsError, detect_format, load_extractor, resize_tf1,
-                                          resolve_weights, to_network_input, to_uint8)
+                                          resolve_weights, to_network_input)
 from dcgan_dist.metrics.inception_net import FIDInceptionV3, from_torchscript_state
-from dcgan_dist.metrics.sources import iter_range, open_source, rank_range
 
 from conftest import CPU_LAUNCH, REPO, SHARED, env
 
@@ -197,12 +197,6 @@ def test_inception_score_without_logits_is_a_clear_error():
 
 # ---- preprocessing ------------------------------------------------------------------------------
 
-def test_to_uint8_inverts_the_loaders_mapping_exactly():
-    u = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(to_uint8(u.float() / 127.5 - 1), u)  # StyleGAN's rule is round-half-up
-    assert to_uint8(torch.tensor([-1.7, 1.7, 0.0])).tolist() == [0, 255, 128]
-
-
 def _tf1_reference(img: np.ndarray, out: int) -> np.ndarray:
     """TensorFlow 1.x ResizeBilinear (align_corners=False) written out from its kernel."""
     h, w = img.shape
@@ -306,8 +300,8 @@ def test_format_detection(tmp_path):
 @pytest.fixture(scope="module")
 def real_images():
     """6 FairFace crops (224x224) and 2 Fruits-360 apples (100x100): two sizes through the resize."""
-    faces = list(iter_range(open_source(str(FACES)), 0, 6))
-    apples = list(iter_range(open_source(str(APPLES)), 0, 2)) if APPLES.is_file() else []
+    faces = list(iter_range(open_image_set(str(FACES)), 0, 6))
+    apples = list(iter_range(open_image_set(str(APPLES)), 0, 2)) if APPLES.is_file() else []
     return [torch.from_numpy(a) for a in faces + apples]
 
 
@@ -363,7 +357,7 @@ def test_real_fid_halves_small_noise_large(capsys):
     # far below 2048 (FID biased upwards) but keeps this under a minute on 2 CPU cores.
     n, batch = 64, 32
     extractor = load_extractor(TS_WEIGHTS)
-    src = open_source(str(FACES))
+    src = open_image_set(str(FACES))
     t0 = time.time()
     half_a = image_stats(None, src, num=n, batch=batch, extractor=extractor, progress=False)
     half_b = FeatureStats()
@@ -407,7 +401,7 @@ def test_latents_are_a_function_of_seed_and_index_only():
 
 def test_reference_stats_cached_by_content_and_count(tmp_path, caplog):
     extractor = Float64Extractor()
-    src = open_source("embedded:digits", 32, 1)
+    src = open_image_set("embedded:digits", 32, 1)
     first = reference_stats(None, src, num=50, extractor=extractor, cache_dir=tmp_path, progress=False)
     assert not first.cached and first.path.is_file() and extractor.seen == 50
     assert first.key["content_sha256"] == src.index.content_sha256 and first.key["num"] == 50
@@ -463,7 +457,7 @@ def _worker(out: str) -> None:
     seen_gen = extractor.seen
     plain = evaluation.generator_stats(None, G_plain, num=37, batch=8, z_dim=16, seed=3, extractor=Float64Extractor(),
                                        with_is=True, progress=False) if acc.is_main_process else None
-    src = open_source("embedded:digits", 32, 1)
+    src = open_image_set("embedded:digits", 32, 1)
     real = image_stats(acc, src, num=101, batch=16, extractor=extractor, with_is=True, progress=False)
     seen_real = extractor.seen - seen_gen
     cache = Path(out) / f"cache_w{acc.num_processes}"  # each world size computes its own, then hits it

@@ -14,6 +14,7 @@ from PIL import Image, ImageSequence
 from safetensors.torch import save_file
 
 from dcgan_dist import checkpoint, config, models
+from dcgan_dist.data.images import to_uint8
 from dcgan_dist.metrics.evaluation import latents
 from dcgan_dist.sample import main, slerp
 
@@ -60,8 +61,7 @@ def cond(tmp_path):
 def expected(G, z: torch.Tensor, label: int | None = None) -> np.ndarray:
     """G's image(s) as the PNGs store them: uint8 (N, 32, 32) of the single channel."""
     labels = None if label is None else torch.full((len(z),), label, dtype=torch.long)
-    x = ((G(z, labels).clamp(-1, 1) + 1) / 2 * 255 + 0.5).clamp(0, 255).to(torch.uint8)
-    return x[:, 0].numpy()
+    return to_uint8(G(z, labels))[:, 0].numpy()
 
 
 def load(path: Path) -> np.ndarray:
@@ -142,8 +142,11 @@ def test_grid_unconditional_is_square_ish(uncond, tmp_path, capsys):
     grid = load(tmp_path / "g.png")
     assert grid.shape == (3 * CELL + 2, 2 * CELL + 2, 3)  # nrow = floor(sqrt(6)) = 2 columns, as the trainer's
     want = expected(G, latents(SEED, 0, 6, 16))
+    assert main([str(run), "--num", "6", "--out", str(tmp_path / "n"), "--batch", "6", "--no-progress"]) == 0
     for i in range(6):
-        assert close(cell(grid, i // 2, i % 2), want[i])  # grid image i == --num image i
+        assert close(cell(grid, i // 2, i % 2), want[i])
+        # grid image i == --num image i, pixel for pixel: one conversion (data.images.to_uint8) for both
+        assert np.array_equal(cell(grid, i // 2, i % 2), load(tmp_path / "n" / f"{i:06d}.png"))
 
 
 def test_conditional_grid_has_one_row_per_class(cond, tmp_path, capsys):

@@ -46,8 +46,10 @@ class ShardSet:
         return [by_name[n] for n in names] if all(n in by_name for n in names) else None
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("DCGAN_DIST_CACHE", Path.home() / ".cache" / "dcgan_dist"))
+def cache_dir(*parts: str) -> Path:
+    """`$DCGAN_DIST_CACHE` (default ~/.cache/dcgan_dist), or the folder `parts` in it: the one home of
+    every cache (embedded data sets here, Inception weights in `inception/`, FID statistics in `fid/`)."""
+    return Path(os.environ.get("DCGAN_DIST_CACHE", Path.home() / ".cache" / "dcgan_dist")).joinpath(*parts)
 
 
 def embedded_shards(name: str, resolution: int, channels: int, num_shards: int = 8,

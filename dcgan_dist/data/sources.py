@@ -1,5 +1,8 @@
 """Image sources the prepare tool reads: folders, .zip, .tar, MNIST-format idx files, the embedded digits.
 
+These are inputs to convert, not image sets to measure (FID's shard sets and folders are
+`imagesets.open_image_set`). What counts as an image file, and how one is decoded, is `images`'.
+
 Each source lists its images as cheap references with a class name (or None) first, then reads
 one reference at a time. Listing first lets prepare shuffle and parallelise before any decoding.
 A class name comes from the folder an image sits in (Fruits-360's `Training/Apple Braeburn/x.jpg`
@@ -9,25 +12,18 @@ A class name comes from the folder an image sits in (Fruits-360's `Training/Appl
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
-from PIL import Image
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+from .images import Payload, image_files, is_image_file
+
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
-
-Payload = Union[bytes, np.ndarray]  # encoded file bytes, or a decoded HxW / HxWxC uint8 array
-
-
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTS and not os.path.basename(name).startswith(".")
 
 
 def _parent_class(name: str) -> Optional[str]:
@@ -58,8 +54,7 @@ class FolderSource(Source):
         return f"folder:{self.root}"
 
     def list(self):
-        files = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file() and _is_image(p.name))
-        return [(f, _parent_class(f)) for f in files]
+        return [(f, _parent_class(f)) for f in image_files(self.root)]
 
     def read(self, ref) -> bytes:
         return (self.root / ref).read_bytes()
@@ -75,7 +70,7 @@ class ZipSource(Source):
 
     def list(self):
         with zipfile.ZipFile(self.path) as zf:
-            names = sorted(n for n in zf.namelist() if not n.endswith("/") and _is_image(n))
+            names = sorted(n for n in zf.namelist() if not n.endswith("/") and is_image_file(n))
         return [(n, _parent_class(n)) for n in names]
 
     def read(self, ref) -> bytes:
@@ -100,7 +95,7 @@ class TarSource(Source):
     def list(self):
         compressed = self._is_compressed()
         with tarfile.open(self.path, "r:*") as tar:
-            members = [m for m in tar if m.isreg() and _is_image(m.name)]
+            members = [m for m in tar if m.isreg() and is_image_file(m.name)]
             for m in members:
                 if compressed:
                     self._data[m.name] = tar.extractfile(m).read()
@@ -201,12 +196,3 @@ def open_source(spec: str) -> Source:
     if tarfile.is_tarfile(spec):
         return TarSource(spec)
     raise ValueError(f"source {spec!r}: unknown kind; expected a folder, .zip, .tar[.gz], an MNIST idx3 file or 'digits'")
-
-
-def to_image(payload: Payload) -> Image.Image:
-    """Decode a payload into a PIL image (raises on unreadable data)."""
-    if isinstance(payload, np.ndarray):
-        return Image.fromarray(payload)
-    img = Image.open(io.BytesIO(payload))
-    img.load()  # decode now, so a truncated file fails here and is counted
-    return img

@@ -21,7 +21,6 @@ of `dataset.json` are known.
 
 from __future__ import annotations
 
-import io
 import random
 import signal
 from dataclasses import dataclass
@@ -29,16 +28,11 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import DataError
+from .images import decode_image, image_member
 from .tario import tar_samples
-
-try:  # libspng: the same pixels as PIL for 8-bit PNGs at half the CPU time (StyleGAN2-ADA's loader uses it too)
-    import pyspng
-except ImportError:  # optional: PIL decodes everything, only slower
-    pyspng = None
 
 
 @dataclass(frozen=True)
@@ -118,35 +112,18 @@ def raw_samples(spec: StreamSpec, slot: int, skip: int = 0,
 
 
 def decode(sample: dict, resolution: int, channels: int) -> Optional[np.ndarray]:
-    """uint8 C x H x W array of a raw sample, or None if it is unreadable or the wrong size."""
-    data = next((sample[k] for k in ("png", "jpg", "jpeg", "webp") if k in sample), None)
-    if data is None:
+    """uint8 C x H x W array of a raw sample (`images.decode_image`, flipped when its flip bit is set),
+    or None if it is unreadable or the wrong size."""
+    key = image_member(sample)
+    if key is None:
         return None
-    # Fast path: an 8-bit PNG already in the wanted mode (gray or RGB) and size, which is what
-    # `prepare` writes. libspng then gives exactly PIL's pixels, no conversion involved.
-    # Anything else, or a PNG libspng refuses, goes through PIL as before.
-    if (pyspng is not None and len(data) > 33 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-            and data[24] == 8 and data[25] == (0 if channels == 1 else 2)
-            and int.from_bytes(data[16:20], "big") == resolution == int.from_bytes(data[20:24], "big")):
-        try:
-            arr = pyspng.load(data, "L" if channels == 1 else "RGB")
-        except Exception:
-            arr = None
-        if arr is not None:
-            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-            return np.ascontiguousarray(arr[:, :, ::-1] if sample.get("__flip__") else arr)
     try:
-        img = Image.open(io.BytesIO(data))
-        img = img.convert("L" if channels == 1 else "RGB")
+        arr = decode_image(sample[key], channels)
     except Exception:
         return None
-    if img.size != (resolution, resolution):
+    if arr.shape[1:] != (resolution, resolution):
         return None
-    arr = np.asarray(img)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if sample.get("__flip__"):
-        arr = arr[:, :, ::-1]
-    return np.array(arr, order="C")  # a writable, contiguous copy
+    return np.ascontiguousarray(arr[:, :, ::-1]) if sample.get("__flip__") else arr
 
 
 def _label(sample: dict) -> int:

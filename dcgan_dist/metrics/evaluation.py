@@ -33,9 +33,11 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from .fid import FeatureStats, fid_from_stats, inception_score
-from .inception import InceptionExtractor, publish, to_uint8, weights_cache_dir
+from .inception import InceptionExtractor, publish
 from .inception_net import FEATURE_DIM, NUM_CLASSES
-from .sources import ImageSource, count_images, describe, iter_range, open_source, rank_range
+from ..data import locate
+from ..data.images import to_uint8
+from ..data.imagesets import ImageSet, count_images, describe, iter_range, open_image_set
 
 log = logging.getLogger("dcgan_dist.metrics")
 
@@ -72,6 +74,11 @@ def _broadcast_floats(accelerator, values: list[Optional[float]]) -> list[Option
 
 def _broadcast_flag(accelerator, flag: bool) -> bool:
     return bool(_broadcast_floats(accelerator, [1.0 if flag else 0.0])[0])
+
+
+def rank_range(total: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous share [start, stop) of `total` items that `rank` handles; sizes differ by <= 1."""
+    return total * rank // world_size, total * (rank + 1) // world_size
 
 
 def latents(seed: int, start: int, stop: int, z_dim: int) -> Tensor:
@@ -161,12 +168,12 @@ def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_
     return stats.all_reduce() if _distributed(accelerator) else stats
 
 
-def image_stats(accelerator, source: Union[str, ImageSource], *, num: Optional[int] = None, batch: int = 64,
+def image_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[int] = None, batch: int = 64,
                 extractor: InceptionExtractor, with_is: bool = False, progress: bool = True) -> FeatureStats:
     """Collective: statistics of the first `num` images (all when None) of an image set, each rank
     reading its own contiguous range, reduced over all ranks."""
     rank, world, device = _world(accelerator)
-    src = open_source(source) if isinstance(source, str) else source
+    src = open_image_set(source) if isinstance(source, str) else source
     available = count_images(src, quiet=rank != 0)
     total = available if num is None else min(num, available)
     if num is not None and num > available and rank == 0:
@@ -246,11 +253,7 @@ class RefStats:
     cached: bool = field(default=False)
 
 
-def default_cache_dir() -> Path:
-    return weights_cache_dir().parent / "fid"
-
-
-def reference_key(source: ImageSource, num: int, extractor: InceptionExtractor) -> Optional[dict]:
+def reference_key(source: ImageSet, num: int, extractor: InceptionExtractor) -> Optional[dict]:
     """Everything the statistics depend on; None when the set has no content hash (not cacheable)."""
     if source.content_sha256 is None:
         return None
@@ -299,7 +302,7 @@ def load_stats(path: Union[str, Path], key: Optional[dict] = None) -> Optional[R
     return RefStats(count=count, key=stored, mu=mu, sigma=sigma, path=Path(path), cached=True)
 
 
-def reference_stats(accelerator, source: Union[str, ImageSource], *, num: Optional[int] = None,
+def reference_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[int] = None,
                     extractor: InceptionExtractor, cache_dir: Optional[Union[str, Path]] = None, batch: int = 64,
                     progress: bool = True) -> RefStats:
     """Collective: the reference statistics of the first `num` images (all when None) of a shard set.
@@ -310,13 +313,13 @@ def reference_stats(accelerator, source: Union[str, ImageSource], *, num: Option
     system still agree; on a miss all ranks compute and rank zero writes the file atomically.
     """
     rank = _world(accelerator)[0]
-    src = open_source(source) if isinstance(source, str) else source
+    src = open_image_set(source) if isinstance(source, str) else source
     available = count_images(src, quiet=rank != 0)
     n = available if num is None else min(num, available)
     if n < 2:  # decided on every rank alike, before any collective
         raise EvaluationError(f"{src.spec}: reference statistics need at least 2 images, got {n}")
     key = reference_key(src, n, extractor)
-    path = cache_path(Path(cache_dir or default_cache_dir()), key, src.index.name) if key else None
+    path = cache_path(Path(cache_dir or locate.cache_dir("fid")), key, src.index.name) if key else None
     hit = None
     if rank == 0 and path is not None and path.is_file():
         try:

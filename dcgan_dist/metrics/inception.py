@@ -8,10 +8,11 @@ with `samples_shuffle=False`) and of **StyleGAN2-ADA / StyleGAN3**'s metrics, wh
 the TensorFlow graph that defined FID:
 
 1. Generator output x in [-1, 1] becomes uint8 by StyleGAN's rule `(x * 127.5 + 128).clamp(0, 255)`
-   truncated to uint8. That is round-half-up of (x + 1) * 127.5, the exact inverse of the loader's
-   `u / 127.5 - 1`, so a real image pushed through the loader's mapping comes back bit-identical
-   and fakes are quantised exactly like the reals they are compared with. Real images are used as
-   stored (uint8).
+   truncated to uint8 (`data.images.to_uint8`, the project's one conversion). That is round-half-up
+   of (x + 1) * 127.5, the exact inverse of the loader's `u / 127.5 - 1`, so a real image pushed
+   through the loader's mapping comes back bit-identical and fakes are quantised exactly like the
+   reals they are compared with. Real images are used as stored (uint8, decoded by
+   `data.images.decode_image`).
 2. Grayscale images are repeated to 3 channels (StyleGAN's dataset rule).
 3. Resize to 299x299 with TensorFlow 1.x `tf.image.resize_bilinear(align_corners=False)`: source
    coordinate = destination * (in / out), no half-pixel offset, clamped at the border. NVIDIA's
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .inception_net import FEATURE_DIM, FIDInceptionV3, from_torchscript_state
+from ..data.locate import cache_dir
 from ..errors import UserError
 
 PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -76,11 +78,6 @@ def _how_to_supply() -> str:
 
 
 # ---- where the weights come from ----------------------------------------------------------------
-
-def weights_cache_dir() -> Path:
-    """`$DCGAN_DIST_CACHE/inception` (default ~/.cache/dcgan_dist/inception)."""
-    return Path(os.environ.get("DCGAN_DIST_CACHE", Path.home() / ".cache" / "dcgan_dist")) / "inception"
-
 
 def sha256_file(path: Union[str, os.PathLike]) -> str:
     """Hex sha256 of a file, memoised per (path, size, mtime): the weights are hashed once per process."""
@@ -139,7 +136,7 @@ def resolve_weights(path: Optional[Union[str, os.PathLike]] = None, *, origin: s
         if not p.is_file():
             raise InceptionWeightsError(f"{origin}={path}: no such file. {_how_to_supply()}")
         return p
-    cached = weights_cache_dir() / Path(url).name
+    cached = cache_dir("inception") / Path(url).name
     if cached.is_file() and sha256_file(cached) == sha256:
         return cached
     if not download:
@@ -194,12 +191,6 @@ def load_network(path: Path) -> tuple[FIDInceptionV3, str]:
 
 # ---- preprocessing ------------------------------------------------------------------------------
 
-def to_uint8(images: Tensor) -> Tensor:
-    """Generator output in [-1, 1] -> uint8 like real images: StyleGAN's `(x * 127.5 + 128).clamp(0, 255)`
-    truncated, i.e. round-half-up of (x + 1) * 127.5 (the inverse of the loader's u / 127.5 - 1)."""
-    return (images.float() * 127.5 + 128).clamp_(0, 255).to(torch.uint8)
-
-
 @lru_cache(maxsize=32)
 def _tf1_matrix(size_in: int, size_out: int, device: str) -> Tensor:
     # TF 1.x ResizeBilinear, align_corners=False: src = dst * (in / out) computed in float32 as TF
@@ -234,7 +225,8 @@ def to_network_input(images: Images, mode: str = "tf1", device: Union[str, torch
     for group in batch:
         x = group if group.dim() == 4 else group[None]
         if x.dtype != torch.uint8:
-            raise TypeError(f"expected uint8 images, got {x.dtype}: convert generator output with to_uint8()")
+            raise TypeError(f"expected uint8 images, got {x.dtype}: convert generator output with "
+                            "data.images.to_uint8()")
         if x.shape[1] not in (1, 3):
             raise ValueError(f"expected 1 or 3 channels, got images of shape {tuple(x.shape)}")
         x = x.to(device, non_blocking=True).float()

@@ -1,14 +1,18 @@
-"""Image sets to measure: webdataset shard sets (what `prepare` writes, or any tar of images) and
-folders of image files, in one fixed global order, of which each rank reads one contiguous range.
+"""Image sets to measure (FID's real and generated sets): webdataset shard sets (what `prepare`
+writes, or any tar of images) and folders of image files, in one fixed global order, of which each
+rank reads one contiguous range.
 
-Order: shards sorted by URL (as `data.locate.resolve` returns them), samples in tar order; files
-sorted by path. Every rank gets the same global index for the same image whatever the world size,
-so the statistics of 1 and of N processes cover exactly the same images.
+Not prepare's sources (`sources.open_source`): those are inputs to convert, listed with their class
+names and shuffled before any decoding; an image set is read as it is stored, in its own order.
+
+Order: shards sorted by URL (as `locate.resolve` returns them), samples in tar order; files sorted
+by path. Every rank gets the same global index for the same image whatever the world size, so the
+statistics of 1 and of N processes cover exactly the same images. Images are decoded by
+`images.decode_image` as stored (gray stays gray, anything else becomes RGB).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from dataclasses import dataclass
@@ -16,25 +20,18 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-from PIL import Image
 
-from ..data import locate
-from ..data.tario import ShardReadError, tar_samples
-from ..data.shards import DatasetIndex
-from ..errors import UserError
+from . import locate
+from .errors import DataError, SourceError
+from .images import IMAGE_EXTS, decode_image, image_files, image_member
+from .shards import DatasetIndex
+from .tario import ShardReadError, tar_samples
 
 log = logging.getLogger("dcgan_dist.metrics")
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-_SAMPLE_KEYS = tuple(e[1:] for e in IMAGE_EXTS)
-
-
-class SourceError(UserError, ValueError):
-    """An image set that cannot be read, with the path and the fix in the message."""
-
 
 @dataclass
-class ImageSource:
+class ImageSet:
     """An ordered image set: `kind` 'shards' (urls are tar shards) or 'files' (urls are image files)."""
 
     spec: str
@@ -45,8 +42,8 @@ class ImageSource:
     counted: Optional[int] = None  # set by count_images() after reading shards without an index
 
     @classmethod
-    def from_shard_set(cls, spec: str, shards: "locate.ShardSet") -> "ImageSource":
-        """The shards the trainer already resolved (`data.locate.resolve`), as an image set."""
+    def from_shard_set(cls, spec: str, shards: "locate.ShardSet") -> "ImageSet":
+        """The shards the trainer already resolved (`locate.resolve`), as an image set."""
         return cls(spec, "shards", list(shards.urls), shards.counts, shards.index)
 
     @property
@@ -62,33 +59,30 @@ class ImageSource:
         return self.index.content_sha256 if self.index is not None and self.counts is not None else None
 
 
-def open_source(spec: str, resolution: int = 32, channels: int = 1, origin: str = "data.shards") -> ImageSource:
+def open_image_set(spec: str, resolution: int = 32, channels: int = 1, origin: str = "data.shards") -> ImageSet:
     """A shard set (directory of .tar, glob, brace pattern, URL, single .tar, `embedded:digits`) or a
     folder of image files (searched recursively). `resolution`/`channels` only choose which
     embedded data set to write; other sources are read as they are. `origin` is where `spec` came
     from (a config key or a command-line option such as `--real`), for the error messages."""
     path = Path(spec).expanduser()
     if path.is_dir() and not any(path.glob("*.tar")):
-        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        files = [str(path / f) for f in image_files(path)]
         if not files:
             raise SourceError(f"{locate.named(origin, spec)}: a folder with neither .tar shards nor image files "
                               f"({', '.join(IMAGE_EXTS)})")
-        return ImageSource(spec, "files", files, None, None)
+        return ImageSet(spec, "files", files, None, None)
     try:
         shards = locate.resolve(str(path) if path.exists() else spec, resolution, channels, origin=origin)
-    except locate.DataError as e:
+    except DataError as e:
         raise SourceError(str(e)) from None
-    return ImageSource(spec, "shards", shards.urls, shards.counts, shards.index)
+    return ImageSet(spec, "shards", shards.urls, shards.counts, shards.index)
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
     try:
-        img = Image.open(io.BytesIO(data))
-        img = img.convert("L" if img.mode in ("L", "I;16", "I", "1") else "RGB")
+        return decode_image(data)
     except Exception as e:
         raise SourceError(f"cannot decode image {where}: {e}. Remove it or re-create the data set.") from None
-    arr = np.asarray(img)
-    return np.array(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1), order="C")  # writable, contiguous
 
 
 def _samples(urls: list[str]) -> Iterator[dict]:
@@ -102,7 +96,7 @@ def _samples(urls: list[str]) -> Iterator[dict]:
 def _shard_images(urls: list[str], skip: int) -> Iterator[np.ndarray]:
     """Images of the shards in order, the first `skip` of them passed over without decoding."""
     for sample in _samples(urls):
-        key = next((k for k in _SAMPLE_KEYS if k in sample), None)
+        key = image_member(sample)
         if key is None:
             continue  # members without an image (e.g. a stray .json) are not samples
         if skip > 0:
@@ -111,19 +105,18 @@ def _shard_images(urls: list[str], skip: int) -> Iterator[np.ndarray]:
         yield _decode(sample[key], f"{sample.get('__url__')}:{sample.get('__key__')}.{key}")
 
 
-def count_images(source: ImageSource, quiet: bool = False) -> int:
+def count_images(source: ImageSet, quiet: bool = False) -> int:
     """Images in the set; reads the shards when there is no dataset.json that counts them."""
     if source.count is not None:
         return source.count
     if not quiet:
         log.warning("%s has no dataset.json: counting its images by reading every shard (write shards with "
                     "`python -m dcgan_dist.prepare` to skip this)", source.spec)
-    source.counted = sum(1 for s in _samples(source.urls)
-                         if any(k in s for k in _SAMPLE_KEYS))
+    source.counted = sum(1 for s in _samples(source.urls) if image_member(s) is not None)
     return source.counted
 
 
-def iter_range(source: ImageSource, start: int, stop: int) -> Iterator[np.ndarray]:
+def iter_range(source: ImageSet, start: int, stop: int) -> Iterator[np.ndarray]:
     """uint8 C x H x W arrays of the images with global index start..stop-1, in order. Shards before
     the range are not opened when their counts are known."""
     if stop <= start:
@@ -150,12 +143,7 @@ def iter_range(source: ImageSource, start: int, stop: int) -> Iterator[np.ndarra
                       f"{start + produced}; dataset.json does not match the shards (re-create them with prepare)")
 
 
-def rank_range(total: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous share [start, stop) of `total` items that `rank` handles; sizes differ by <= 1."""
-    return total * rank // world_size, total * (rank + 1) // world_size
-
-
-def describe(source: ImageSource) -> str:
+def describe(source: ImageSet) -> str:
     what = f"{len(source.urls)} shard(s)" if source.kind == "shards" else f"{len(source.urls)} image file(s)"
     where = os.path.commonpath(source.urls) if source.urls and "://" not in source.urls[0] else source.spec
     return f"{where} ({what})"
