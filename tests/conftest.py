@@ -168,3 +168,14 @@ def rank_exit_codes(launcher_output: str) -> dict[int, str]:
     return {int(r): code for r, code in
             re.findall(r"rank\s+: (\d+) \(local_rank: \d+\)\s+exitcode\s+: (-?\d+)", launcher_output)}
 
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One plain 2-process training through the real launcher, shared by the tests that read it and
+    never write to it: 10 steps of TINY (train.kimg=0.16) on configs/quickstart.yaml, with a diversity
+    threshold no G can meet (the collapse warning only logs: training is the same without it)."""
+    run_dir = tmp_path_factory.mktemp("two_process") / "run"
+    proc = launch("configs/quickstart.yaml",
+                  TINY + [f"run.dir={run_dir}", "train.kimg=0.16", "train.collapse_threshold=50"])
+    assert "world size 2" in proc.stderr, proc.stderr[-4000:]
+    return run_dir, proc
