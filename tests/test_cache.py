@@ -85,18 +85,19 @@ def test_cache_key_is_validated():
 
 
 @pytest.mark.slow
-def test_cached_two_process_run_resumes_exactly_and_matches_the_stream(tmp_path):
+def test_cached_two_process_run_resumes_exactly_and_matches_the_stream(tmp_path, two_process_run):
     """Through the real launcher: 10 steps straight with the cache == 5 with the cache, resume, 5 more
-    without it (the order is the stream's), and == 10 straight without the cache."""
+    without it (the order is the stream's), and == 10 straight without the cache (the shared run)."""
     from test_train_distributed import CONFIG, _final_state
 
-    runs = {k: tmp_path / k for k in ("cached", "split", "stream")}
+    runs = {k: tmp_path / k for k in ("cached", "split")}
     proc = launch(CONFIG, TINY + ["data.cache=memory", f"run.dir={runs['cached']}", "train.kimg=0.16"])
     assert "world size 2" in proc.stderr and "data.cache=memory: " in proc.stderr
-    launch(CONFIG, TINY + ["data.cache=memory", f"run.dir={runs['split']}", "train.kimg=0.08"])
+    proc = launch(CONFIG, TINY + ["data.cache=memory", f"run.dir={runs['split']}", "train.kimg=0.08"])
+    assert "world size 2" in proc.stderr
     proc = launch(CONFIG, TINY + [f"run.dir={runs['split']}", "train.kimg=0.16", "resume=auto"])
     assert "resumed from" in proc.stderr and "world size 2" in proc.stderr
-    launch(CONFIG, TINY + [f"run.dir={runs['stream']}", "train.kimg=0.16"])
+    runs["stream"] = two_process_run[0]
     states = {k: _final_state(v) for k, v in runs.items()}
     a = states["cached"]
     for other in ("split", "stream"):

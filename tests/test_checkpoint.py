@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 
-from conftest import REPO, TINY
-from dcgan_dist import checkpoint, config
+from conftest import TINY, train_inproc
+from dcgan_dist import checkpoint, config, step
 from dcgan_dist.checkpoint import CheckpointError, Progress
 from dcgan_dist.config import ConfigError
 from dcgan_dist.config import ModelCfg
 from dcgan_dist.models import arch_signature, build_models
-
-
-@pytest.fixture
-def accelerator():
-    AcceleratorState._reset_state(True)
-    acc = Accelerator(cpu=True)
-    yield acc
-    AcceleratorState._reset_state(True)
 
 
 def tiny_training(accelerator):
@@ -118,34 +106,55 @@ def test_fp16_on_cpu_is_refused():
         make_accelerator(config.load(None, ["train.mixed_precision=fp16"]))
 
 
-def test_non_finite_losses_stop_training_without_saving(tmp_path):
-    from dcgan_dist.monitors import TrainingDiverged
-    from test_sync_free import build_loop
+def reporting(monkeypatch, value_at) -> None:
+    """Make every training step report Loss/D = value_at(step number from 1) where that is not None:
+    what the loop's checks read, while the step itself trains as usual."""
+    real_call, calls = step.GANStep.__call__, [0]
 
-    loop, _ = build_loop([], run_dir=str(tmp_path))
-    loop.progress.nimg = 320
-    loop.checkpoints.last = "runs/x/checkpoints/000000.256"
-    loop.stats.add(torch.tensor([math.nan, 1.0, 0.5, 0.5, 0.0, 0.3, 0.4, 0.0]))  # STEP_STATS order
-    with pytest.raises(TrainingDiverged, match=r"Loss/D=nan.*000000\.256.*resume=auto"):
-        loop.report()
-    assert checkpoint.complete_checkpoints(tmp_path) == []
+    def call(self, *args, **kwargs):
+        stats = real_call(self, *args, **kwargs)
+        calls[0] += 1
+        value = value_at(calls[0])
+        if value is None:
+            return stats
+        stats = stats.clone()
+        stats[step.STEP_STATS.index("Loss/D")] = value
+        return stats
+
+    monkeypatch.setattr(step.GANStep, "__call__", call)
 
 
-def test_cli_refuses_checkpoint_of_another_architecture(tmp_path):
-    """A real (single-process) run, then a resume with a wider G: exit 2, a clear message, nothing lost."""
+def test_non_finite_losses_stop_training_without_saving(tmp_path, monkeypatch, capsys):
+    """A real run (in-process): checkpoints every 4 steps (2 ticks), Loss/D NaN from step 5 on: the
+    tick at step 6 stops the run, exit 1, naming the last checkpoint; nothing after it is saved."""
     run_dir = tmp_path / "run"
-    base = [sys.executable, "-m", "dcgan_dist.train", "configs/quickstart.yaml", *TINY, "data.workers=1",
-            f"run.dir={run_dir}", "train.kimg=0.032"]
-    first = subprocess.run(base, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+    reporting(monkeypatch, lambda n: math.nan if n >= 5 else None)
+    rc = train_inproc("configs/quickstart.yaml", TINY + [f"run.dir={run_dir}", "train.kimg=1",
+                                                         "checkpoint.every_kimg=0.064"])
+    err = capsys.readouterr().err
+    assert rc == 1, err[-3000:]
+    assert "losses became non-finite between kimg 0.064 and 0.096" in err
+    last = run_dir / "checkpoints" / "000000.064"
+    assert "Loss/D=nan" in err and f"Nothing after the last checkpoint ({last}) is saved" in err
+    assert "resume=auto" in err and "Traceback" not in err
+    assert checkpoint.complete_checkpoints(run_dir) == [last]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "non-finite" in status["error"]
+
+
+def test_cli_refuses_checkpoint_of_another_architecture(tmp_path, capsys):
+    """A real (in-process, single-process) run, then a resume with a wider G: exit 2, a clear message, nothing lost."""
+    run_dir = tmp_path / "run"
+    base = ["configs/quickstart.yaml", *TINY, "data.workers=1", f"run.dir={run_dir}", "train.kimg=0.032"]
+    assert train_inproc(base[0], base[1:]) == 0, capsys.readouterr().err[-3000:]
     ckpts = checkpoint.complete_checkpoints(run_dir)
     assert len(ckpts) == 1
 
     records = {n: (run_dir / n).read_bytes() for n in ("config.yaml", "status.json")}
-    second = subprocess.run(base[:-1] + ["train.kimg=0.064", "model.g_width=16"], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
-    assert second.returncode == 2
-    assert "model.g_width: checkpoint 8 vs config 16" in second.stderr and "Traceback" not in second.stderr
+    capsys.readouterr()
+    assert train_inproc(base[0], base[1:-1] + ["train.kimg=0.064", "model.g_width=16"]) == 2
+    err = capsys.readouterr().err
+    assert "model.g_width: checkpoint 8 vs config 16" in err and "Traceback" not in err
     assert checkpoint.complete_checkpoints(run_dir) == ckpts
     # A refused start leaves the finished run's records as they were: still complete, its own config.
     assert {n: (run_dir / n).read_bytes() for n in records} == records

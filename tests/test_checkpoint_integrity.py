@@ -3,18 +3,21 @@ that cannot work are refused up front; exploding losses stop a run."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import subprocess
 import uuid
 
 import pytest
 import torch
 
+from conftest import TINY, train_inproc
 from dcgan_dist import checkpoint, config, integrity
 from dcgan_dist.checkpoint import CheckpointError, Progress
 from dcgan_dist.config import ConfigError
-from test_checkpoint import accelerator, save, tiny_training  # noqa: F401 - the fixture is used by name
+from test_checkpoint import reporting, save, tiny_training
 
 
 def _three(tmp_path, accelerator):
@@ -126,19 +129,18 @@ def test_values_that_cannot_work_fail_validation(override, key):
         config.load(None, [override])
 
 
-def test_exploding_finite_losses_stop_the_run(tmp_path):
-    from dcgan_dist.monitors import TrainingDiverged
-    from test_sync_free import build_loop
-
-    loop, _ = build_loop(["train.loss_limit_ticks=2"], run_dir=str(tmp_path))
-    loop.progress.nimg = 320
-    huge = torch.tensor([3e22, 1e22, 0.5, 0.5, 0.0, 0.3, 0.4, 0.0])  # STEP_STATS order: finite, absurd
-    loop.stats.add(huge)
-    loop.report()  # one tick above the limit: a spike is allowed
-    loop.stats.add(torch.tensor([1.0, 1.0, 0.5, 0.5, 0.0, 0.3, 0.4, 0.0]))
-    loop.report()  # back to normal resets the count
-    loop.stats.add(huge)
-    loop.report()
-    loop.stats.add(huge)
-    with pytest.raises(TrainingDiverged, match=r"exploded.*train\.loss_limit=10000 for 2 ticks.*optim\.g_lr"):
-        loop.report()  # the second tick in a row
+def test_exploding_finite_losses_stop_the_run(tmp_path, monkeypatch, capsys):
+    """A real run (in-process), 2 steps a tick, train.loss_limit_ticks=2: Loss/D of 3e22 (finite, absurd)
+    in ticks 1, 3 and 4. One tick above the limit is a spike, allowed; tick 2 is normal and resets the
+    count; the run stops at tick 4, the second in a row, with exit 1 and nothing saved."""
+    run_dir = tmp_path / "run"
+    reporting(monkeypatch, lambda n: 3e22 if (n - 1) // 2 in (0, 2, 3) else None)
+    rc = train_inproc("configs/quickstart.yaml", TINY + [f"run.dir={run_dir}", "train.kimg=1",
+                                                         "train.loss_limit_ticks=2"])
+    err = capsys.readouterr().err
+    assert rc == 1, err[-3000:]
+    assert re.search(r"exploded.*train\.loss_limit=10000 for 2 ticks in a row, up to kimg 0\.128.*optim\.g_lr", err), \
+        err[-3000:]
+    assert "Nothing after the last checkpoint (none yet) is saved" in err
+    assert checkpoint.complete_checkpoints(run_dir) == []
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from conftest import REPO, run_main, train_inproc
 from dcgan_dist import config
 from dcgan_dist.config import ConfigError
 
@@ -101,21 +98,21 @@ def test_every_key_has_help():
     assert all(len(line.split(None, 2)) == 3 for line in lines), "a key without a help line"
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "dcgan_dist.train", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+def test_cli_help_dry_run_and_errors(capsys):
+    """`python -m dcgan_dist.train ...` as the shell sees it (exit status, stdout, stderr), in-process."""
+    from dcgan_dist import train
 
+    assert run_main(train.main, ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "train.kimg" in out and "--dry-run" in out
 
-def test_cli_help_dry_run_and_errors():
-    out = run_cli("--help")
-    assert out.returncode == 0 and "train.kimg" in out.stdout and "--dry-run" in out.stdout
+    assert train_inproc("configs/quickstart.yaml", ["train.kimg=12", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert OmegaConf.create(out).train.kimg == 12, err
 
-    out = run_cli("configs/quickstart.yaml", "train.kimg=12", "--dry-run")
-    assert out.returncode == 0, out.stderr
-    assert OmegaConf.create(out.stdout).train.kimg == 12
-
-    out = run_cli("configs/quickstart.yaml", "optim.lrr=1")
-    assert out.returncode == 2 and "optim.lrr" in out.stderr and "Traceback" not in out.stderr
+    assert train_inproc("configs/quickstart.yaml", ["optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

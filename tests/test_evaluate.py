@@ -1,5 +1,6 @@
 """`python -m dcgan_dist.evaluate`: a real checkpoint of the trainer against its training data, one
-process and two through the real launcher; two image sets; precomputed reference statistics.
+process (in-process) and two through the real launcher; two image sets; precomputed reference
+statistics; FID during a 2-process training.
 
 Needs the real Inception weights in ../shared (skips without them); downloads nothing.
 """
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CPU_LAUNCH, REPO, SHARED, TINY, env, read_json
+from conftest import CPU_LAUNCH, REPO, SHARED, TINY, env, evaluate_inproc, read_json, train_inproc
 
 from dcgan_dist.data.errors import SourceError
 from dcgan_dist.data.imagesets import iter_range, open_image_set
@@ -26,17 +27,22 @@ needs_shared = pytest.mark.skipif(not TS_WEIGHTS.is_file() or not FACES.is_file(
                                   reason=f"needs the real Inception weights and images in {SHARED / 'data'} (absent)")
 
 
-def evaluate(args: list[str], processes: int = 1, check: bool = True, timeout: float = 400,
-             extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it: plain python (1 process) or the real `accelerate launch` (2)."""
-    if processes == 1:
-        cmd = [sys.executable, "-m", "dcgan_dist.evaluate", *args]
-    else:
-        cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
-               "-m", "dcgan_dist.evaluate", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
+def evaluate(args: list[str], capsys, check: bool = True) -> tuple[int, str, str]:
+    """The CLI in this process (one CPU process): exit status, stdout, stderr."""
+    capsys.readouterr()
+    rc = evaluate_inproc(args)
+    out, err = capsys.readouterr()
+    if check and rc != 0:
+        pytest.fail(f"evaluate exited {rc}\n--- stdout\n{out[-3000:]}\n--- stderr\n{err[-6000:]}")
+    return rc, out, err
+
+
+def evaluate_launched(args: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
+    """The CLI through the real `accelerate launch` with 2 CPU processes."""
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
+           "-m", "dcgan_dist.evaluate", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
         pytest.fail(f"evaluate exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n"
                     f"{proc.stderr[-6000:]}")
     return proc
@@ -44,12 +50,9 @@ def evaluate(args: list[str], processes: int = 1, check: bool = True, timeout: f
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    """A real run directory: the trainer, one process, 32 images on the embedded digits."""
+    """A real run directory: the trainer, one process (in-process), 32 images on the embedded digits."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    cmd = [sys.executable, "-m", "dcgan_dist.train", "configs/quickstart.yaml", *TINY, f"run.dir={run_dir}",
-           "train.kimg=0.032"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert train_inproc("configs/quickstart.yaml", TINY + [f"run.dir={run_dir}", "train.kimg=0.032"]) == 0
     return run_dir
 
 
@@ -62,19 +65,19 @@ def face_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def test_help_names_every_mode():
-    out = evaluate(["--help"]).stdout
+def test_help_names_every_mode(capsys):
+    _, out, _ = evaluate(["--help"], capsys)
     for flag in ("--real", "--fake", "--precompute", "--inception", "--num", "--batch", "--out",
                  "DCGAN_DIST_INCEPTION"):
         assert flag in out
 
 
-def test_missing_weights_say_how_to_supply_them(tmp_path):
-    proc = evaluate(["--real", str(tmp_path), "--fake", str(tmp_path)], check=False,
-                    extra_env={"DCGAN_DIST_INCEPTION": str(tmp_path / "missing.pth")})
-    assert proc.returncode == 2
+def test_missing_weights_say_how_to_supply_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DCGAN_DIST_INCEPTION", str(tmp_path / "missing.pth"))
+    rc, _, err = evaluate(["--real", str(tmp_path), "--fake", str(tmp_path)], capsys, check=False)
+    assert rc == 2
     for way in ("--inception PATH", "eval.inception", "DCGAN_DIST_INCEPTION", "missing.pth: no such file"):
-        assert way in proc.stderr
+        assert way in err
 
 
 def test_open_image_set_names_the_option_it_came_from(tmp_path):
@@ -88,57 +91,59 @@ def test_open_image_set_names_the_option_it_came_from(tmp_path):
 
 
 @needs_shared
-def test_bad_real_path_is_named_as_the_option(tmp_path):
+def test_bad_real_path_is_named_as_the_option(tmp_path, capsys):
     """A wrong --real is reported as `--real PATH`, not as the trainer's config key."""
     for real, what in ((tmp_path / "no-such-dir", "no such file or directory"),
                        (tmp_path / "no-such-stats.npz", "not a statistics file")):
-        proc = evaluate(["--real", str(real), "--fake", str(tmp_path), "--inception", str(TS_WEIGHTS)], check=False)
-        assert proc.returncode == 2 and f"--real {real}: {what}" in proc.stderr, proc.stderr
-        assert "data.shards" not in proc.stderr
+        rc, _, err = evaluate(["--real", str(real), "--fake", str(tmp_path), "--inception", str(TS_WEIGHTS)], capsys,
+                              check=False)
+        assert rc == 2 and f"--real {real}: {what}" in err, err
+        assert "data.shards" not in err
 
 
 @needs_shared
-def test_inception_score_without_logits_is_refused_up_front(face_folder):
-    proc = evaluate(["--real", str(face_folder), "--fake", str(face_folder), "--inception", str(TS_WEIGHTS), "--is"],
-                    check=False)
-    assert proc.returncode == 2 and "no classifier" in proc.stderr
+def test_inception_score_without_logits_is_refused_up_front(face_folder, capsys):
+    rc, _, err = evaluate(["--real", str(face_folder), "--fake", str(face_folder), "--inception", str(TS_WEIGHTS),
+                           "--is"], capsys, check=False)
+    assert rc == 2 and "no classifier" in err
 
 
 @needs_shared
 @pytest.mark.slow
-def test_checkpoint_fid_one_process_equals_two_and_reuses_the_cache(trained_run, tmp_path):
+def test_checkpoint_fid_one_process_equals_two_and_reuses_the_cache(trained_run, tmp_path, capsys):
     common = [str(trained_run), "--num", "24", "--ref-num", "40", "--batch", "16", "--inception", str(TS_WEIGHTS),
               "--no-progress"]
-    evaluate(common + ["--out", str(tmp_path / "one.json"), "--cache-dir", str(tmp_path / "c1")])
-    two = evaluate(common + ["--out", str(tmp_path / "two.json"), "--cache-dir", str(tmp_path / "c2")], processes=2)
-    again = evaluate(common + ["--out", str(tmp_path / "again.json"), "--cache-dir", str(tmp_path / "c2")],
-                     processes=2)
+    _, _, one = evaluate(common + ["--out", str(tmp_path / "one.json"), "--cache-dir", str(tmp_path / "c1")], capsys)
+    two = evaluate_launched(common + ["--out", str(tmp_path / "two.json"), "--cache-dir", str(tmp_path / "c2")])
+    _, _, again = evaluate(common + ["--out", str(tmp_path / "again.json"), "--cache-dir", str(tmp_path / "c1")],
+                           capsys)
     r1, r2, r3 = (read_json(tmp_path / f"{n}.json") for n in ("one", "two", "again"))
-    assert (r1["world_size"], r2["world_size"]) == (1, 2)
+    assert (r1["world_size"], r2["world_size"], r3["world_size"]) == (1, 2, 1)
     assert r1["checkpoint"].endswith("checkpoints/000000.032") and r1["num"] == 24 and r1["ref_num"] == 40
     assert "is" not in r1  # the TorchScript weights have no logits
     # The same samples and images on 1 and 2 ranks: FID equal up to float32 batch effects.
     assert r1["fid"] > 1 and abs(r1["fid"] - r2["fid"]) <= 1e-4 * r1["fid"]
     # Same cache key on both world sizes; the third run read the reference and changed nothing.
     assert Path(r1["ref_cache"]).name == Path(r2["ref_cache"]).name
-    assert "cached" in again.stderr and "cached" not in two.stderr
-    assert r3["fid"] == pytest.approx(r2["fid"], rel=1e-9)
+    assert "cached" in again and "cached" not in one and "cached" not in two.stderr
+    assert r3["fid"] == pytest.approx(r1["fid"], rel=1e-9)
 
 
 @needs_shared
-def test_two_sets_precompute_and_npz_reference(face_folder, tmp_path):
+def test_two_sets_precompute_and_npz_reference(face_folder, tmp_path, capsys):
     base = ["--inception", str(TS_WEIGHTS), "--batch", "16", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
-    same = evaluate(["--real", str(face_folder), "--fake", str(face_folder), "--out", str(tmp_path / "same.json"),
-                     *base])
-    assert abs(read_json(tmp_path / "same.json")["fid"]) < 1e-2, same.stdout
-    pre = evaluate(["--precompute", "embedded:digits", "--num", "30", "--out", str(tmp_path / "pre.json"), *base])
+    _, same, _ = evaluate(["--real", str(face_folder), "--fake", str(face_folder), "--out", str(tmp_path / "same.json"),
+                           *base], capsys)
+    assert abs(read_json(tmp_path / "same.json")["fid"]) < 1e-2, same
+    _, pre, _ = evaluate(["--precompute", "embedded:digits", "--num", "30", "--out", str(tmp_path / "pre.json"), *base],
+                         capsys)
     npz = read_json(tmp_path / "pre.json")["ref_cache"]
-    assert Path(npz).is_file() and "reference statistics in" in pre.stdout
+    assert Path(npz).is_file() and "reference statistics in" in pre
     with np.load(npz) as z:  # pytorch-fid's stats layout
         assert z["mu"].shape == (2048,) and z["sigma"].shape == (2048, 2048) and int(z["count"]) == 30
-    evaluate(["--real", npz, "--fake", str(face_folder), "--out", str(tmp_path / "from_npz.json"), *base])
+    evaluate(["--real", npz, "--fake", str(face_folder), "--out", str(tmp_path / "from_npz.json"), *base], capsys)
     evaluate(["--real", "embedded:digits", "--num", "30", "--fake", str(face_folder),
-              "--out", str(tmp_path / "direct.json"), *base])
+              "--out", str(tmp_path / "direct.json"), *base], capsys)
     from_npz, direct = read_json(tmp_path / "from_npz.json"), read_json(tmp_path / "direct.json")
     assert from_npz["fid"] > 50  # digits vs faces: far apart
     assert from_npz["fid"] == pytest.approx(direct["fid"], rel=1e-9)
@@ -146,7 +151,7 @@ def test_two_sets_precompute_and_npz_reference(face_folder, tmp_path):
 
 
 @needs_shared
-def test_fid_during_two_process_training_keeps_the_best_checkpoint(tmp_path):
+def test_fid_during_two_process_training_keeps_the_best_checkpoint(tmp_path, capsys):
     """eval.every_kimg: FID at ticks on both ranks, logged, and the best kept apart from the rotation."""
     run_dir = tmp_path / "run"
     from conftest import launch
@@ -160,6 +165,7 @@ def test_fid_during_two_process_training_keeps_the_best_checkpoint(tmp_path):
     assert all(np.isfinite(m["fid"]) and m["fid"] > 0 for m in lines)
     best = run_dir / "checkpoints" / "best"
     meta = read_json(best / "meta.json")
+    assert meta["world_size"] == 2 and meta["param_digests"][0] == meta["param_digests"][1]
     assert meta["fid"] == min(m["fid"] for m in lines) and (best / "generator.safetensors").is_file()
     # the rotation (keep=1) kept only the newest <kimg> checkpoint, and never deleted best/
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -171,6 +177,7 @@ def test_fid_during_two_process_training_keeps_the_best_checkpoint(tmp_path):
     events.Reload()
     assert len(events.Scalars("Metrics/fid")) == 2
 
-    # resume=auto continues from the newest <kimg> checkpoint, never from best/
-    proc = launch("configs/quickstart.yaml", args + ["train.kimg=0.16"], timeout=600)  # later overrides win
-    assert f"resumed from {run_dir / 'checkpoints' / '000000.128'}" in proc.stderr
+    # resume=auto continues from the newest <kimg> checkpoint, never from best/ (in-process: which
+    # checkpoint a resume picks is the same on any number of processes)
+    assert train_inproc("configs/quickstart.yaml", args + ["train.kimg=0.16"]) == 0  # later overrides win
+    assert f"resumed from {run_dir / 'checkpoints' / '000000.128'}" in capsys.readouterr().err

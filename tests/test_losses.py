@@ -197,11 +197,12 @@ def test_label_noise_flips_with_the_given_probability():
     assert real_t.tolist() == [1.0] * 4 and fake_t.tolist() == [0.0] * 3
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("norm", ["layer", "none"])
-def test_gradient_penalty_gradients_are_all_reduced_under_two_process_ddp(norm):
-    """Through the real launcher with 2 CPU processes: D's gradient with the penalty in the loss equals
-    the mean of the ranks' own gradients (DDP's all-reduce saw the penalty's backward)."""
+GP_NORMS = ["layer", "none"]
+
+
+@pytest.fixture(scope="module")
+def ddp_gradient_penalty() -> dict:
+    """One launch of tests/scripts/ddp_gradient_penalty.py with 2 CPU processes: its result per D norm."""
     import json
     import subprocess
     import sys
@@ -210,10 +211,19 @@ def test_gradient_penalty_gradients_are_all_reduced_under_two_process_ddp(norm):
     from conftest import CPU_LAUNCH, REPO, env
 
     proc = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
-                           str(REPO / "tests" / "scripts" / "ddp_gradient_penalty.py"), norm],
+                           str(REPO / "tests" / "scripts" / "ddp_gradient_penalty.py"), *GP_NORMS],
                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {r["norm"]: r for r in results}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", GP_NORMS)
+def test_gradient_penalty_gradients_are_all_reduced_under_two_process_ddp(norm, ddp_gradient_penalty):
+    """Through the real launcher with 2 CPU processes: D's gradient with the penalty in the loss equals
+    the mean of the ranks' own gradients (DDP's all-reduce saw the penalty's backward)."""
+    result = ddp_gradient_penalty[norm]
     assert result["world_size"] == 2
     assert result["rank_grads_differ"] > 1e-3  # the ranks really saw different data
     assert result["gp_share_of_grad"] > 0.05  # and the penalty really contributes to the gradient

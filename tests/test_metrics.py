@@ -30,7 +30,7 @@ from dcgan_dist.metrics.inception import (InceptionWeightsError, detect_format, 
                                           resolve_weights, to_network_input)
 from dcgan_dist.metrics.inception_net import FIDInceptionV3, from_torchscript_state
 
-from conftest import CPU_LAUNCH, REPO, SHARED, env
+from conftest import CPU_LAUNCH, REPO, SHARED, env, in_process
 
 TS_WEIGHTS = SHARED / "data" / "fid_inception" / "default_1.pt"
 FACES = SHARED / "data" / "faces" / "fairface_val_1-3000.tar"
@@ -427,7 +427,7 @@ def test_stats_files_are_pytorch_fid_compatible(tmp_path):
 # ---- 2 processes through the real launcher ------------------------------------------------------
 
 def _worker(out: str) -> None:
-    """Run by `accelerate launch` (2 ranks) and by plain python (1 rank): the same statistics."""
+    """Run by `accelerate launch` (2 ranks) and in the test's process (1 rank): the same statistics."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
@@ -478,15 +478,12 @@ def test_two_processes_compute_the_statistics_of_one(tmp_path):
     from dcgan_dist.data.locate import embedded_shards
 
     embedded_shards("digits", 32, 1)  # written once here, not raced by the ranks
-    script = str(Path(__file__).resolve())
-    runs = {
-        1: [sys.executable, script, str(tmp_path)],
-        2: [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
-            script, str(tmp_path)],
-    }
-    for world, cmd in runs.items():
-        proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"world size {world} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    with in_process():  # world size 1: this process
+        _worker(str(tmp_path))
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
+           str(Path(__file__).resolve()), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"world size 2 failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     one, two = (torch.load(tmp_path / f"stats_w{w}.pt", weights_only=False) for w in (1, 2))
     assert one["world"] == 1 and two["world"] == 2
     # Each rank did its own contiguous share; exactly N in total although 37 and 101 are odd.

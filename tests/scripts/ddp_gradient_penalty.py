@@ -3,7 +3,8 @@ penalty in the loss, the all-reduced mean of the per-rank gradients?
 
 Each rank computes the same loss twice: through the DDP-wrapped D (what training does) and through a
 plain copy of D (the reference). The wrapped gradients must equal the mean over ranks of the plain
-ones, on every rank. Prints one JSON line from rank zero.
+ones, on every rank. Prints one JSON line from rank zero per D normalisation named on the command
+line (default: layer).
 """
 
 import copy
@@ -24,9 +25,14 @@ def loss_of(D, real, fake, seed):
 
 def main():
     acc = Accelerator(cpu=True)
+    for norm in sys.argv[1:] or ["layer"]:
+        check(acc, norm)
+
+
+def check(acc, norm: str) -> None:
     rank, world = acc.process_index, acc.num_processes
     torch.manual_seed(0)
-    D = Discriminator(32, 1, 8, norm=sys.argv[1] if len(sys.argv) > 1 else "layer")
+    D = Discriminator(32, 1, 8, norm=norm)
     plain = copy.deepcopy(D)
     wrapped = acc.prepare(D)
     gen = torch.Generator().manual_seed(100 + rank)  # different data on each rank
@@ -45,6 +51,7 @@ def main():
     if acc.is_main_process:
         mean = locals_.mean(0)
         print(json.dumps({
+            "norm": norm,
             "world_size": world,
             "gp": gp.item(),
             "max_err_vs_mean_of_ranks": (reduced_all - mean).abs().max().item(),
