@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from . import errors
+from .errors import UserError
 from .data.images import color_mode, open_image
 from .data.shards import ShardSink, plan_shards
 from .data.sources import Source, open_source
@@ -133,9 +135,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.channels = "1" if all(s.gray for s in sources) else "3"
         args.channels = int(args.channels)
         sizes = plan_shards(len(items), args.shards, args.shard_size)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, OSError, ValueError) as e:  # a missing file is the user's to fix too
+        return errors.report(e)
     label_of = {c: i for i, c in enumerate(classes)}
     order = np.random.default_rng(args.seed).permutation(len(items))
     name = args.name or (args.out.rstrip("/").split("/")[-1] or "data")
@@ -153,9 +154,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                             sources=[s.describe() for s in sources],
                             extra={"resize": args.resize, "crop": args.crop, "include": args.include,
                                    "seed": args.seed, "quality": args.quality if args.encoding == "jpg" else None})
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError) as e:
+        return errors.report(e)
     dt = time.time() - t0
     print(f"wrote {index.count} images ({index.skipped} unreadable, skipped) in {len(index.shards)} shards to "
           f"{args.out} in {dt:.1f} s ({index.count / dt:.0f} img/s); {len(classes)} classes; "
