@@ -1,7 +1,7 @@
 """FID throughput on this machine: the project's feature pipeline against bare inference of the
 same network, and the wall time of a whole FID evaluation of a generator.
 
-    python benchmarks/bench_fid.py [--inception PATH] [--num 10000] [--batch 64] [--rounds 3]
+    python -m benchmarks.bench_fid [--inception PATH] [--num 10000] [--batch 64] [--rounds 3]
 
 1. Feature extraction, measured in alternating rounds in one process (so machine load hits both
    alike), median img/s of each:
@@ -26,15 +26,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dcgan_dist.data.images import to_uint8  # noqa: E402
-from dcgan_dist.metrics import evaluation  # noqa: E402
-from dcgan_dist.metrics.evaluation import RefStats  # noqa: E402
-from dcgan_dist.metrics.inception import (load_torchscript, detect_format, load_extractor, load_network,  # noqa: E402
+from dcgan_dist.data.images import to_uint8
+from dcgan_dist.metrics import evaluation
+from dcgan_dist.metrics.evaluation import RefStats
+from dcgan_dist.metrics.inception import (load_torchscript, detect_format, load_extractor, load_network,
                                           to_network_input)
-from dcgan_dist.models import Generator  # noqa: E402
+from dcgan_dist.models import Generator
+
+from .launcher import REPO
 
 DEFAULT_WEIGHTS = REPO.parent / "shared" / "data" / "fid_inception" / "default_1.pt"
 
@@ -103,7 +102,8 @@ def bench_fid(extractor, num: int, batch: int, ref_num: int) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_fid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inception", default=os.environ.get("DCGAN_DIST_INCEPTION", str(DEFAULT_WEIGHTS)),
                    help="FID Inception weights (default: ../shared's TorchScript file or $DCGAN_DIST_INCEPTION)")
     p.add_argument("--num", type=int, default=10_000, help="generated samples for the FID timing (default 10000)")

@@ -1,6 +1,6 @@
 """Data-loader capacity benchmark: can the shard stream keep the trainer fed, and does it beat a folder?
 
-    python benchmarks/bench_loader.py [--images N] [--resolution 64] [--workers 2] [--batch 64] [--source PATH]
+    python -m benchmarks.bench_loader [--images N] [--resolution 64] [--workers 2] [--batch 64] [--source PATH]
 
 Side by side in one run, on the same images (written once as PNG at RES x RES: the very bytes the
 shards hold) and the same decode result (uint8 C x H x W):
@@ -58,7 +58,8 @@ from dcgan_dist.step import GANStep
 from dcgan_dist.config import ModelCfg
 from dcgan_dist.models import build_models, count_params, stage_plan
 
-REPO = Path(__file__).resolve().parents[1]
+from .launcher import REPO
+
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "faces" / "fairface_val_1-3000.tar"
 TARGET_LOADER_VS_TRAIN = 5.0
 TARGET_LOADER_VS_FOLDER = 1.5
@@ -160,7 +161,8 @@ def measure(next_batch: Callable[[], int], warmup: int, seconds: float, min_batc
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_loader", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=3000, help="images taken from the source (default 3000)")
     p.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of both readers (default 2)")

@@ -1,6 +1,6 @@
 """Training-speed benchmark: the project's real training path against a bare PyTorch DCGAN loop.
 
-    python benchmarks/bench_train.py [--quick] [--device cpu|cuda] [--json PATH] [--rounds N] [--modes compute,host]
+    python -m benchmarks.bench_train [--quick] [--device cpu|cuda] [--json PATH] [--rounds N] [--modes compute,host]
 
 Side by side in one run, in interleaved rounds (every row once per round, in the same order), each
 figure the median over the rounds:
@@ -43,7 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from .launcher import REPO, child_env, launch_cmd
+
 FACES = REPO.parent / "shared" / "data" / "faces" / "fairface_val_1-3000.tar"
 TARGETS = {"compute_fp32": (">=", 0.97), "compute_bf16": (">=", 0.97), "two_proc_fp32": (">=", 0.95),
            "two_proc_bf16": (">=", 0.95), "host_default": ("<=", 1.1), "host_all": ("<=", 1.3),
@@ -113,17 +114,12 @@ def bare_loop(a: argparse.Namespace) -> dict:
 
 # ---- one measurement in a fresh process ------------------------------------------------------------
 
-def child_env(threads: int) -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), DS_ACCELERATOR="cpu")
-    env.pop("ACCELERATE_USE_CPU", None)
-    return env
-
-
 def run_bare(net: dict, precision: str, threads: int, steps: int, warmup: int, a, shards: Path) -> dict:
-    cmd = [sys.executable, __file__, "--bare", "--res", str(net["res"]), "--width", str(net["width"]),
-           "--z", str(net["z"]), "--batch", str(net["batch"]), "--precision", precision, "--threads", str(threads),
+    cmd = [sys.executable, "-m", "benchmarks.bench_train", "--bare", "--res", str(net["res"]),
+           "--width", str(net["width"]), "--z", str(net["z"]), "--batch", str(net["batch"]), "--precision", precision, "--threads", str(threads),
            "--steps", str(steps), "--warmup", str(warmup), "--device", a.device, "--shards", str(shards)]
-    out = subprocess.run(cmd, cwd=REPO, env=child_env(threads), capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(cmd, cwd=REPO, env=child_env(threads=threads), capture_output=True, text=True,
+                         timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"bare loop failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -142,9 +138,9 @@ def run_project(net: dict, precision: str, threads: int, steps_per_tick: int, ti
         if procs == 1:
             cmd = [sys.executable, "-m", "dcgan_dist.train", BASE_CONFIG, *overrides]
         else:
-            cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", "launch/cpu.yaml",
-                   "--num_processes", str(procs), "-m", "dcgan_dist.train", BASE_CONFIG, *overrides]
-        out = subprocess.run(cmd, cwd=REPO, env=child_env(threads), capture_output=True, text=True, timeout=3600)
+            cmd = launch_cmd(["--num_processes", str(procs), "-m", "dcgan_dist.train", BASE_CONFIG, *overrides])
+        out = subprocess.run(cmd, cwd=REPO, env=child_env(threads=threads), capture_output=True, text=True,
+                             timeout=3600)
         if out.returncode != 0:
             raise RuntimeError(f"trainer failed ({' '.join(cmd)}):\n{out.stderr[-4000:]}")
         if f"world size {procs}" not in out.stderr:
@@ -241,7 +237,8 @@ def prepare_shards(work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 rounds of shorter windows (~10 minutes on 2 CPU cores)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, --quick 2)")
     p.add_argument("--modes", default="compute,host", help="comma list of compute, host")

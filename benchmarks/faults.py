@@ -1,7 +1,7 @@
 """Fault injection through the real launcher: kill ranks and launchers at random moments, break
 disks, checkpoints and shards, start runs twice, and check that nothing is lost.
 
-    python benchmarks/faults.py [--trials 50] [--short] [--seed 0] [--json PATH] [--workdir DIR]
+    python -m benchmarks.faults [--trials 50] [--short] [--seed 0] [--json PATH] [--workdir DIR]
 
 Kill trials (2 CPU processes, `accelerate launch --config_file launch/cpu.yaml`, a tiny model on
 the embedded digits). One run directory is interrupted over and over: each trial starts the same
@@ -37,11 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from faults_lib import (Start, overrides, Tally, checkpoints_ok, final_fingerprint, gone_within, kill_tree, say,
-                        tmp_save_appeared)
-from faults_scenarios import FULL_ONLY, SCENARIOS
-
 from dcgan_dist import checkpoint
+
+from .faults_lib import Start, Tally, checkpoints_ok, final_fingerprint, overrides, say, tmp_save_appeared
+from .faults_scenarios import FULL_ONLY, SCENARIOS
+from .launcher import gone_within, kill_tree
 
 KINDS = ("kill -9 rank 0", "kill -9 rank 1", "kill -9 launcher", "SIGTERM launcher")
 
@@ -117,7 +117,8 @@ def kill_trials(args, work: Path, tally: Tally) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=None, help="kill trials (default 50, --short 3)")
     p.add_argument("--short", action="store_true", help="3 trials and every scenario (the test suite's mode)")
     p.add_argument("--seed", type=int, default=0)

@@ -1,13 +1,10 @@
-"""The fault harness's tools: a trainer start through the real launcher, its process tree, the
-checks after a fault (processes gone, checkpoints intact, final state) and the tally."""
+"""The fault harness's tools: a trainer start through the real launcher (launcher.Child with the run's
+files), the checks after a fault (checkpoints intact, final state) and the tally."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -16,23 +13,13 @@ import psutil  # a dependency of accelerate
 
 from dcgan_dist import checkpoint, integrity
 
-REPO = Path(__file__).resolve().parents[1]
+from .launcher import REPO, Child, train_cmd
+
 CONFIG = REPO / "configs" / "quickstart.yaml"
 
 
 def say(msg: str) -> None:
     print(msg, flush=True)
-
-
-def launcher_cmd(overrides: list[str]) -> list[str]:
-    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
-            str(REPO / "launch" / "cpu.yaml"), "-m", "dcgan_dist.train", str(CONFIG), *overrides]
-
-
-def child_env() -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    env.pop("ACCELERATE_USE_CPU", None)
-    return env
 
 
 def overrides(run_dir: Path, kimg: float) -> list[str]:
@@ -43,33 +30,14 @@ def overrides(run_dir: Path, kimg: float) -> list[str]:
             "checkpoint.keep=3", f"train.kimg={kimg}", f"run.dir={run_dir}"]
 
 
-class Start:
-    """One `accelerate launch` of the trainer, its output in a log file."""
+class Start(Child):
+    """One `accelerate launch` of the trainer (the quickstart config with `overrides`), its output in a
+    log file."""
 
     def __init__(self, overrides: list[str], log_path: Path, cmd: Optional[list[str]] = None):
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_path
         self.run_dir = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("run.dir=")))
         self.stats_at_start = _lines(self.run_dir / "stats.jsonl")
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd or launcher_cmd(overrides), cwd=REPO, env=child_env(), stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.t0 = time.monotonic()
-
-    @property
-    def rc(self) -> Optional[int]:
-        return self.proc.poll()
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def error_lines(self, n: int = 6) -> str:
-        rows = [r for r in re.split(r"[\r\n]+", self.output()) if r.strip()]
-        errs = [r for r in rows if re.search(r"ERROR|Error|error:|Traceback", r)]
-        return "\n".join("    " + r[-400:] for r in (errs[-n:] or rows[-n:]))
+        super().__init__(cmd or train_cmd(CONFIG, overrides), log_path, cwd=REPO)
 
     def wait_training(self, timeout: float) -> bool:
         """True once this start has written a tick (it trains); False if it exited or hung first."""
@@ -85,13 +53,6 @@ class Start:
     def resumed(self) -> bool:
         return "resumed from" in self.output()
 
-    def tree(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
-
     def rank_pid(self, rank: int) -> Optional[int]:
         for p in self.tree()[1:]:
             try:
@@ -100,15 +61,6 @@ class Start:
             except psutil.Error:
                 continue
         return None
-
-    def finish(self, timeout: float = 120) -> Optional[int]:
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            kill_tree(self.tree())
-            self.proc.wait()
-        self.log.close()
-        return self.rc
 
     def status(self) -> dict:
         try:
@@ -136,32 +88,6 @@ def tmp_save_appeared(run_dir: Path, timeout: float, ends: Callable[[], bool]) -
             pass
         time.sleep(0.002)
     return False
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def gone_within(tree: list[psutil.Process], seconds: float) -> list[psutil.Process]:
-    """The processes of `tree` still alive after `seconds` (zombies count as gone)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        left = [p for p in tree if _alive(p)]
-        if not left:
-            return []
-        time.sleep(0.1)
-    return [p for p in tree if _alive(p)]
-
-
-def kill_tree(tree: list[psutil.Process]) -> None:
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
 
 
 def checkpoints_ok(run_dir: Path) -> tuple[int, list[str]]:

@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from faults_lib import REPO, Start, checkpoints_ok, child_env, gone_within, kill_tree, overrides
-
 from dcgan_dist import checkpoint, integrity
 from dcgan_dist.data import locate
+
+from .faults_lib import Start, checkpoints_ok, overrides
+from .launcher import REPO, child_env, gone_within, kill_tree
 
 
 def _overrides(run_dir: Path, kimg: float, *extra: str) -> list[str]:

@@ -49,7 +49,7 @@ else
 fi
 
 # 3. bench_train on the GPU
-if timeout 330 python benchmarks/bench_train.py --device cuda --quick --batches 64,512 --compile default \
+if timeout 330 python -m benchmarks.bench_train --device cuda --quick --batches 64,512 --compile default \
     --json "$OUT/bench_train.json" >"$OUT/bench_train.txt" 2>&1 || [ -s "$OUT/bench_train.json" ]; then
   row "bench_train" "see the tables in $OUT/bench_train.txt"
 else

@@ -1,7 +1,7 @@
 """Soak: does a long run's memory stay flat? And do short runs exit cleanly, every time?
 
-    python benchmarks/soak.py memory [--minutes 30] [--json PATH]     # RSS of every rank, every tick
-    python benchmarks/soak.py exits  [--runs 100]   [--json PATH]     # N short runs back to back
+    python -m benchmarks.soak memory [--minutes 30] [--json PATH]     # RSS of every rank, every tick
+    python -m benchmarks.soak exits  [--runs 100]   [--json PATH]     # N short runs back to back
 
 memory: one 2-process training (`accelerate launch --config_file launch/cpu.yaml`, the quickstart
 model on the embedded digits, `train.kimg` large enough never to finish) for `--minutes`; at every
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import psutil  # a dependency of accelerate
 
-from faults_lib import Start, gone_within, kill_tree, overrides, say
+from .faults_lib import Start, overrides, say
+from .launcher import gone_within, kill_tree
 
 CRASH = re.compile(r"terminate called|core dumped|Segmentation fault|Traceback|Aborted")
 
@@ -112,7 +113,8 @@ def exits(args, work: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=("memory", "exits"))
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--runs", type=int, default=100)

@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -18,8 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CPU_LAUNCH = REPO / "launch" / "cpu.yaml"
+# The child processes' environment (env()) and the trainer under `accelerate launch` (launch_cmd),
+# shared with the benchmarks (CPU_LAUNCH: for the tests that launch scripts of their own); importable
+# through pyproject's `pythonpath = ["."]`.
+from benchmarks.launcher import CPU_LAUNCH, REPO, child_env as env, train_cmd as launch_cmd
+
 SHARED = REPO.parent / "shared"
 
 # A model small enough that a 2-process CPU run takes seconds, on the embedded digits.
@@ -133,18 +135,6 @@ def accelerator():
 
     with in_process(threads=None):
         yield Accelerator(cpu=True)
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    e.pop("ACCELERATE_USE_CPU", None)
-    return e
-
-
-def launch_cmd(config: str, overrides: list[str]) -> list[str]:
-    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
-            "-m", "dcgan_dist.train", config, *overrides]
 
 
 def launch(config: str, overrides: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ def test_fault_harness_short_mode(tmp_path):
     """Kills of ranks and launchers (some inside a save), then exact completion; and the scenarios:
     two starts, damaged checkpoints, a cut shard, full disks, rank 0 killed and report."""
     out = tmp_path / "faults.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "faults.py"), "--short", "--json", str(out),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.faults", "--short", "--json", str(out),
                            "--workdir", str(tmp_path / "work")], cwd=REPO, env=env(), capture_output=True,
                           text=True, timeout=1200)
     assert out.is_file(), proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import runpy
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +20,8 @@ from dcgan_dist.metrics.kid import (KID_REPORT_SCALE, KIDResult, kid, kid_subset
 from dcgan_dist.metrics.precision_recall import (PRResult, count_inside, knn_sq_radii, precision_recall,
                                                  sq_distances, sq_norms)
 
-from conftest import CPU_LAUNCH, REPO, env
+from benchmarks import launcher
+from conftest import REPO, env
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -399,10 +398,9 @@ def test_two_processes_gather_and_compute_the_single_process_numbers_exactly():
     3 + 4 over the ranks) and precision/recall (rows split over the ranks) equal the one-process
     numbers exactly, those computed in the ranks and those computed here."""
     script = REPO / "tests" / "scripts" / "kid_pr_two_process.py"
-    e = env()
-    e["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [e.get("PYTHONPATH")])])  # this checkout's package
-    proc = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
-                           str(CPU_LAUNCH), str(script)], cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+    # env() puts this checkout first on PYTHONPATH: the script (run by path) imports this checkout's package
+    proc = subprocess.run(launcher.launch_cmd([str(script)]), cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert out["world_size"] == 2
@@ -413,12 +411,7 @@ def test_two_processes_gather_and_compute_the_single_process_numbers_exactly():
     assert out["pr"] == out["pr_single"]
     assert out["radii_max_rel_diff"] <= 1e-13
 
-    sys.path.insert(0, str(script.parent))
-    try:
-        import kid_pr_two_process as worker
-    finally:
-        sys.path.remove(str(script.parent))
-    kid_here, pr_here = worker.reference()
+    kid_here, pr_here = runpy.run_path(str(script))["reference"]()  # the script's own numbers, computed here
     assert out["kid"]["values"] == list(kid_here.values)
     assert out["kid"]["mean"] == kid_here.mean
     assert out["pr"]["fakes_in_real"] == pr_here.fakes_in_real and out["pr"]["reals_in_fake"] == pr_here.reals_in_fake
