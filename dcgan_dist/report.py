@@ -38,7 +38,7 @@ def _json(path: Path) -> Optional[dict]:
     return doc if isinstance(doc, dict) else None
 
 
-def _lines(path: Path) -> Iterator[dict]:
+def read_jsonl(path: Path) -> Iterator[dict]:
     """The JSON objects of a .jsonl file; a line cut short by a running writer is skipped."""
     try:
         text = path.read_text()
@@ -53,7 +53,7 @@ def _lines(path: Path) -> Iterator[dict]:
             yield doc
 
 
-def _number(v: Any) -> Optional[float]:
+def number(v: Any) -> Optional[float]:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -70,13 +70,13 @@ def find_runs(root: Path) -> list[Path]:
 def summarize(run: Path, root: Path) -> dict:
     status = _json(run / STATUS) or {}
     record = _json(run / RECORD) or {}
-    fids = [(f, _number(m.get("kimg"))) for m in _lines(run / METRICS) if (f := _number(m.get("fid"))) is not None]
+    fids = [(f, number(m.get("kimg"))) for m in read_jsonl(run / METRICS) if (f := number(m.get("fid"))) is not None]
     best = min(fids, key=lambda x: x[0]) if fids else (None, None)
-    ticks = list(_lines(run / STATS))
-    speeds = [s for t in ticks if (s := _number(t.get("Speed/img_per_sec"))) and s > 0]
+    ticks = list(read_jsonl(run / STATS))
+    speeds = [s for t in ticks if (s := number(t.get("Speed/img_per_sec"))) and s > 0]
     # status.json moves at checkpoints, stats.jsonl every tick: a running run is as far as its last tick.
-    last_tick = _number(ticks[-1].get("kimg")) if ticks else None
-    reached = [k for k in (_number(status.get("kimg")), last_tick) if k is not None]
+    last_tick = number(ticks[-1].get("kimg")) if ticks else None
+    reached = [k for k in (number(status.get("kimg")), last_tick) if k is not None]
     params = record.get("params") or {}
     state = status.get("state", "pending" if record else "unknown")
     dead = run_dead_reason(run, status) if state == "running" else None
@@ -87,7 +87,7 @@ def summarize(run: Path, root: Path) -> dict:
         "overrides": [f"{k}={v}" for k, v in params.items()],
         "state": "dead" if dead else state,
         "kimg": max(reached) if reached else None,
-        "total_kimg": _number(status.get("total_kimg")),
+        "total_kimg": number(status.get("total_kimg")),
         "best_fid": best[0],
         "best_fid_kimg": best[1],
         "img_per_sec": statistics.median(speeds) if speeds else None,

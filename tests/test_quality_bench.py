@@ -1,26 +1,34 @@
-"""`benchmarks/quality.py` end to end in tiny mode: the real script, the real trainer under
+"""`python -m benchmarks.quality` end to end in tiny mode: the real benchmark, the real trainer under
 `accelerate launch` with 2 CPU processes, the real evaluate CLI with the shared Inception weights.
 
-The run is stopped by its time budget (SIGTERM to the launcher), after a calibration launch that is
-itself stopped by SIGTERM and resumed; then every checkpoint is scored, the best one scored again
-with more samples, and the report written. A second invocation with --reuse trains nothing and
-reuses every evaluation. Skips without ../shared (the Inception weights); downloads nothing.
+A time-budget run is stopped by its budget (SIGTERM to the launcher), after a calibration launch that
+is itself stopped by SIGTERM and resumed; then every checkpoint is scored, the best one scored again
+with more samples, and the report written. An image-budget run with --baseline trains and scores the
+config and the Radford recipe on the same data. Second invocations with --reuse train nothing and
+reuse every evaluation. These skip without ../shared (the Inception weights); nothing is downloaded.
+In-process: the baseline's overrides against the config schema, and the report's pieces.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
 import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
 import pytest
+import yaml
 from PIL import Image
 
+from benchmarks.quality import baseline
+from benchmarks.quality.evaluate import final_metrics
+from benchmarks.quality.report import RESULTS_HEAD, update_results
 from conftest import REPO, SHARED, TINY, env, read_json
+from dcgan_dist import config
 
-SCRIPT = REPO / "benchmarks" / "quality.py"
 TS_WEIGHTS = SHARED / "data" / "fid_inception" / "default_1.pt"
 needs_shared = pytest.mark.skipif(not TS_WEIGHTS.is_file(),
                                   reason=f"needs the real Inception weights {TS_WEIGHTS} (absent)")
@@ -30,8 +38,8 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 def bench(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "benchmarks.quality", *args], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_bad_invocations_are_refused_before_anything_runs(tmp_path):
@@ -47,9 +55,30 @@ def test_bad_invocations_are_refused_before_anything_runs(tmp_path):
     proc = bench(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(used)])
     assert proc.returncode == 1 and "already holds a run" in proc.stderr and "--reuse" in proc.stderr
     assert (used / "checkpoints" / "000001.000").is_dir()
-    # ... and --reuse needs a training this script finished.
+    # ... and --reuse needs a training the benchmark finished.
     proc = bench(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(used), "--reuse"])
     assert proc.returncode == 1 and "quality_train.json" in proc.stderr
+    # --baseline: its run directory RUN_baseline is checked as well, before anything trains.
+    fresh = tmp_path / "fresh"
+    (tmp_path / "fresh_baseline" / "checkpoints").mkdir(parents=True)
+    proc = bench(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(fresh), "--baseline"])
+    assert proc.returncode == 1 and f"{fresh}_baseline already holds a run" in proc.stderr
+    assert not fresh.exists()
+
+
+def kid_measured() -> bool:
+    """Whether this checkout's evaluate CLI measures KID (--metrics); without it the benchmark says n/a."""
+    if not hasattr(kid_measured, "answer"):
+        kid_measured.answer = "kid" in final_metrics()
+    return kid_measured.answer
+
+
+def assert_kid_cell(cell: str) -> None:
+    if kid_measured():
+        m = re.fullmatch(r"(-?[0-9.]+) ± ([0-9.]+)", cell)
+        assert m and all(math.isfinite(float(v)) for v in m.groups()), cell
+    else:
+        assert cell == "n/a"
 
 
 def table_row(stdout: str, name: str) -> list[str]:
@@ -69,11 +98,12 @@ def test_time_budget_run_selects_the_best_checkpoint_and_writes_the_report(tmp_p
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
 
-    # The printed row: config name, kimg, wall time, img/s, FID (N), at kimg.
+    # The printed row: config name, kimg, wall time, img/s, FID (N), KID, at kimg.
     cells = table_row(proc.stdout, "quickstart")
-    assert len(cells) == 6
+    assert len(cells) == 7
     fid_cell = re.fullmatch(r"([0-9.]+) \(64\)", cells[4])
     assert fid_cell and math.isfinite(float(fid_cell.group(1))) and float(fid_cell.group(1)) > 0
+    assert_kid_cell(cells[5])
 
     report = read_json(docs / "quickstart.json")
     train = report["train"]
@@ -103,7 +133,7 @@ def test_time_budget_run_selects_the_best_checkpoint_and_writes_the_report(tmp_p
     assert final["num"] == 64 and final["world_size"] == 2 and math.isfinite(final["fid"]) and final["fid"] > 0
     assert final["checkpoint"] == best["checkpoint"] and float(fid_cell.group(1)) == pytest.approx(final["fid"],
                                                                                                     abs=0.01)
-    assert cells[5] == report["row"].strip("|").split("|")[5].strip()
+    assert cells[6] == report["row"].strip("|").split("|")[6].strip()
     assert report["machine"]["nproc"] >= 1 and report["machine"]["torch"]
     assert any("-m dcgan_dist.train" in c for c in report["commands"]["train"])
     assert len(report["commands"]["evaluate"]) == len(points) + 1
@@ -126,3 +156,116 @@ def test_time_budget_run_selects_the_best_checkpoint_and_writes_the_report(tmp_p
     assert read_json(docs / "quickstart.json")["final"]["fid"] == final["fid"]
     results = (docs / "results.md").read_text()
     assert len([line for line in results.splitlines() if line.startswith("| quickstart |")]) == 1
+
+
+# ---- --baseline ---------------------------------------------------------------------------------
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_the_baseline_overrides_are_schema_keys_and_give_the_radford_recipe_on_every_config(path):
+    plain = config.load(path)
+    base = config.load(path, baseline.overrides())  # an unknown key or a bad value raises ConfigError
+    for key, value in baseline.RADFORD.items():
+        assert operator.attrgetter(key)(base) == value, key
+    # Only the recipe changes: the data, the image shape, batch, precision, cadences and seed stay the config's.
+    assert (base.data, base.train, base.seed) == (plain.data, plain.train, plain.seed)
+    assert (base.model.resolution, base.model.channels) == (plain.model.resolution, plain.model.channels)
+
+
+def test_the_baseline_decides_every_key_of_the_recipe_sections():
+    """Each key of model, loss, optim, augment and ema is set by the baseline, kept (the data's shape), or
+    inert under it: a stabiliser added to the schema must be placed in one of the three."""
+    sections = {f.name: f.default_factory for f in dataclasses.fields(config.Config)}
+    keys = {f"{s}.{f.name}" for s in baseline.SECTIONS for f in dataclasses.fields(sections[s])}
+    decided = [*baseline.RADFORD, *baseline.KEPT, *baseline.INERT]
+    assert len(decided) == len(set(decided)) and set(decided) == keys, set(decided) ^ keys
+
+
+def test_results_md_gains_the_kid_column_and_keeps_older_rows(tmp_path):
+    results = tmp_path / "results.md"
+    results.write_text("# Generation quality\n\nintro\n\n"
+                       "| config | kimg | train wall time | img/s | best FID (N samples) | at kimg | details |\n"
+                       "|---|---:|---:|---:|---:|---:|---|\n| old | 880 | 45 min | 314 | 15.83 (5,000) | 880 | x |\n\nend\n")
+    update_results(results, "new", "| new | 1 | 2 s | 3 | 4.00 (64) | 1.00 ± 0.10 | 1 | y |")
+    lines = results.read_text().splitlines()
+    at = lines.index(RESULTS_HEAD[0])
+    assert lines[at + 1] == RESULTS_HEAD[1] and lines[:3] == ["# Generation quality", "", "intro"]
+    assert lines[at + 2:] == ["| old | 880 | 45 min | 314 | 15.83 (5,000) | n/a | 880 | x |",
+                              "| new | 1 | 2 s | 3 | 4.00 (64) | 1.00 ± 0.10 | 1 | y |", "", "end"]
+
+
+def test_the_ratio_of_a_non_positive_baseline_kid_is_not_a_number():
+    def rep(name, fid, kid):
+        return {"name": name, "final": {"fid": fid, "kid": kid}}
+    c = baseline.comparison(rep("a", 20.0, {"mean": 2.0, "std": 0.1}), rep("b", 40.0, {"mean": -0.1, "std": 0.2}))
+    assert c["fid_ratio"] == 0.5 and c["kid_ratio"] is None
+    assert baseline.ratio_line(c).endswith("FID 20.00 / 40.00 = 0.500; KID x10^3 2.00 ± 0.10 / -0.10 ± 0.20 = n/a")
+
+
+@needs_shared
+@pytest.mark.slow
+def test_baseline_trains_the_radford_recipe_on_the_same_data_and_budget(tmp_path):
+    run_dir, docs = tmp_path / "run", tmp_path / "docs"
+    # The project's side is conditional, smoothed, averaged and augmented: the baseline must undo all of it.
+    recipe = ["model.num_classes=10", "loss.real_label=0.9", "ema.half_life_kimg=1", "augment.policy=translation"]
+    args = ["configs/quickstart.yaml", "--kimg", "0.128", "--checkpoints", "1", "--select-num", "32",
+            "--fid-num", "32", "--ref-num", "64", "--inception", str(TS_WEIGHTS), "--run-dir", str(run_dir),
+            "--docs", str(docs), "--baseline", *OVERRIDES, *recipe]
+    proc = bench(args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    base_dir = tmp_path / "run_baseline"
+    for name, d in (("quickstart", run_dir), ("quickstart_baseline", base_dir)):
+        assert "world size 2" in (d / "log.txt").read_text(), name
+        status, report = read_json(d / "status.json"), read_json(docs / f"{name}.json")
+        assert status["state"] == "complete" and status["world_size"] == 2 and report["train"]["world_size"] == 2
+        assert status["kimg"] == pytest.approx(0.128) and report["train"]["stopped_by"] == "kimg"
+        cells = table_row(proc.stdout, name)
+        assert len(cells) == 7 and cells[1] == "0.128"
+        fid = re.fullmatch(r"([0-9.]+) \(32\)", cells[4])
+        assert fid and math.isfinite(float(fid.group(1))) and float(fid.group(1)) > 0
+        assert_kid_cell(cells[5])
+        assert (docs / f"{name}_curve.svg").is_file() and (docs / f"{name}_grid.png").is_file()
+
+    # The baseline's resolved config: the Radford recipe over the project's data, shape, batch and precision.
+    proj, base = (yaml.safe_load((d / "config.yaml").read_text()) for d in (run_dir, base_dir))
+    assert (base["model"]["g_width"], base["model"]["d_width"], base["model"]["z_dim"]) == (64, 64, 100)
+    assert base["model"]["num_classes"] == 0 and base["model"]["d_norm"] == "batch"
+    assert not base["model"]["d_spectral"] and base["model"]["d_dropout"] == 0
+    assert base["loss"] == {**proj["loss"], "kind": "nonsaturating", "real_label": 1.0, "label_flip": 0.0,
+                            "r1_gamma": 0.0}
+    assert base["ema"]["half_life_kimg"] == 0 and base["augment"]["policy"] == "" and not base["augment"]["adaptive"]
+    assert (base["optim"]["g_lr"], base["optim"]["d_lr"], base["optim"]["schedule"]) == (2e-4, 2e-4, "constant")
+    assert (base["optim"]["g_beta1"], base["optim"]["d_beta1"], base["optim"]["g_beta2"]) == (0.5, 0.5, 0.999)
+    assert (proj["model"]["num_classes"], proj["loss"]["real_label"], proj["augment"]["policy"]) == (
+        10, 0.9, "translation")  # the project's own recipe is untouched
+    for key in ("data", "train", "seed"):
+        assert base[key] == proj[key], key
+    assert (base["model"]["resolution"], base["model"]["channels"]) == (proj["model"]["resolution"],
+                                                                        proj["model"]["channels"])
+    changed = read_json(docs / "quickstart_baseline.json")["recipe"]["changed"]
+    assert changed["model.g_width"] == [8, 64] and changed["loss.real_label"] == [0.9, 1.0]
+
+    # The ratio line, and the same comparison in the project's report.
+    m = re.search(r"^quickstart / quickstart_baseline .*: FID ([0-9.]+) / ([0-9.]+) = ([0-9.]+); "
+                  r"KID x10\^3 (.+) / (.+) = (\S+)$", proc.stdout, re.M)
+    assert m, proc.stdout[-3000:]
+    fid_p, fid_b, ratio = map(float, m.group(1, 2, 3))
+    assert math.isfinite(ratio) and ratio == pytest.approx(fid_p / fid_b, abs=2e-3)
+    comparison = read_json(docs / "quickstart.json")["baseline"]
+    assert comparison["fid_ratio"] == pytest.approx(ratio, abs=1e-3)
+    if kid_measured():
+        assert comparison["kid"][0] and comparison["kid"][1] and math.isfinite(comparison["kid"][1]["mean"])
+    else:
+        assert m.group(6) == "n/a" and comparison["kid_ratio"] is None
+    rows = [line for line in (docs / "results.md").read_text().splitlines() if line.startswith("| quickstart")]
+    assert [r.split("|")[1].strip() for r in rows] == ["quickstart", "quickstart_baseline"]
+
+    # --reuse: neither run is trained again, every evaluation is read back, the same rows come out.
+    again = bench(args + ["--reuse"])
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "training (" not in again.stdout and again.stdout.count("(cached)") == 2
+    for name in ("quickstart", "quickstart_baseline"):
+        assert table_row(again.stdout, name) == table_row(proc.stdout, name)

@@ -1,9 +1,5 @@
-"""What every part of benchmarks/quality.py shares: its error types, its timestamped log line,
-number formats and JSON files.
-
-The modules benchmarks/quality_*.py import this one, never quality.py itself: quality.py runs as
-`__main__`, and importing it by name would load it a second time with its own globals.
-"""
+"""What every part of the quality benchmark shares: its error types, its timestamped log line,
+number formats and JSON files."""
 
 from __future__ import annotations
 
@@ -12,7 +8,6 @@ import os
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 T0 = time.monotonic()  # the benchmark's start: say() and the report's total time count from here
 
 
@@ -21,7 +16,7 @@ class BenchError(RuntimeError):
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM to this script."""
+    """Ctrl-C or SIGTERM to the benchmark."""
 
 
 def say(msg: str) -> None:
