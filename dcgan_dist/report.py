@@ -2,6 +2,7 @@
 
     python -m dcgan_dist.report runs/<sweep>            # a table
     python -m dcgan_dist.report runs/<sweep> --json     # the same rows as a JSON list
+    python -m dcgan_dist.report runs/<sweep> --plot runs/<sweep>.png   # the table, and a figure (plot.py)
 
 A run is a directory holding status.json (written by the trainer) or sweep.json (written by
 slurm/sweep.sh before the run starts; a run without status.json yet is `pending`). The columns:
@@ -24,10 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from .errors import UserError, report as report_error
+from .layout import METRICS, STATS, STATUS
 from .runlock import run_dead_reason
 from .sweep import RECORD
-
-from .layout import METRICS, STATS, STATUS
 
 
 def _json(path: Path) -> Optional[dict]:
@@ -130,11 +131,26 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="a sweep's directory (runs/<sweep>), any directory of runs, or one run")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    p.add_argument("--plot", metavar="OUT.png|OUT.svg",
+                   help="also draw the runs' losses, D outputs, diversity and evaluations against kimg into this "
+                        "file, every run overlaid (PNG or SVG, chosen by the suffix)")
     args = p.parse_args(argv)
     root = Path(args.root)
     if not root.is_dir():
         print(f"error: {root} is not a directory", file=sys.stderr)
         return 2
+    try:
+        return _run(root, args)
+    except UserError as e:
+        return report_error(e)
+
+
+def _run(root: Path, args: argparse.Namespace) -> int:
+    out = None
+    if args.plot:
+        from . import plot as plotting  # matplotlib itself is imported only when drawing
+
+        out = plotting.output_path(args.plot)  # a bad name fails before any run is read
     rows = collect(root)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -143,6 +159,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         print(f"no runs under {root} (a run directory holds {STATUS} or {RECORD})", file=sys.stderr)
         return 1
+    if out is not None and not rows:
+        print(f"no runs under {root}: no figure written to {out}", file=sys.stderr)
+        return 1
+    if out is not None:
+        print(f"wrote {plotting.save(rows, str(root), out)}", file=sys.stderr)
     return 0
 
 
