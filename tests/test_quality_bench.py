@@ -12,6 +12,7 @@ In-process: the baseline's overrides against the config schema, and the report's
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import operator
 import re
@@ -25,9 +26,10 @@ from PIL import Image
 
 from benchmarks.quality import baseline
 from benchmarks.quality.evaluate import final_metrics
-from benchmarks.quality.report import RESULTS_HEAD, update_results
+from benchmarks.quality.report import RESULTS_HEAD, record_evaluations, update_results
 from conftest import REPO, SHARED, TINY, env, read_json
 from dcgan_dist import config
+from dcgan_dist.report import summarize
 
 TS_WEIGHTS = SHARED / "data" / "fid_inception" / "default_1.pt"
 needs_shared = pytest.mark.skipif(not TS_WEIGHTS.is_file(),
@@ -138,21 +140,29 @@ def test_time_budget_run_selects_the_best_checkpoint_and_writes_the_report(tmp_p
     assert any("-m dcgan_dist.train" in c for c in report["commands"]["train"])
     assert len(report["commands"]["evaluate"]) == len(points) + 1
 
-    # The curve: valid SVG, one point element per curve point, the best one marked.
-    root = ET.parse(docs / "quickstart_curve.svg").getroot()
-    circles = list(root.iter(f"{SVG}circle"))
-    assert len([c for c in circles if c.get("class") == "point"]) == len(points)
-    assert len([c for c in circles if c.get("class") == "best"]) == 1
+    # The evaluations are the run's metrics.jsonl lines, so report reads the best FID, and its --plot drew
+    # the curve (an SVG document).
+    recorded = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["kimg"], m["fid"]) for m in recorded if m["step"] == "selection"] == [(p["kimg"], p["fid"])
+                                                                                      for p in points]
+    assert all(m["source"] == "benchmarks.quality" for m in recorded)
+    assert [m["kimg"] for m in recorded if m["step"] == "final"] == ([best["kimg"]] if kid_measured() else [])
+    row = summarize(run_dir, run_dir)
+    assert (row["best_fid"], row["best_fid_kimg"]) == (best["fid"], best["kimg"])
+    assert ET.parse(docs / "quickstart_curve.svg").getroot().tag == f"{SVG}svg"
+    assert "--plot" in report["curve"]["command"]
     with Image.open(docs / "quickstart_grid.png") as grid:
         assert grid.format == "PNG" and min(grid.size) >= 32
     results = (docs / "results.md").read_text()
     assert len([line for line in results.splitlines() if line.startswith("| quickstart |")]) == 1
 
-    # --reuse: no training, every FID read back from the run directory, the results row replaced.
+    # --reuse: no training, every FID read back from the run directory, the results row and the recorded
+    # evaluations replaced.
     again = bench(args + ["--reuse"])
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "training (" not in again.stdout and again.stdout.count("(cached)") == len(points)
     assert table_row(again.stdout, "quickstart") == cells
+    assert [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == recorded
     assert read_json(docs / "quickstart.json")["final"]["fid"] == final["fid"]
     results = (docs / "results.md").read_text()
     assert len([line for line in results.splitlines() if line.startswith("| quickstart |")]) == 1
@@ -194,6 +204,19 @@ def test_results_md_gains_the_kid_column_and_keeps_older_rows(tmp_path):
     assert lines[at + 1] == RESULTS_HEAD[1] and lines[:3] == ["# Generation quality", "", "intro"]
     assert lines[at + 2:] == ["| old | 880 | 45 min | 314 | 15.83 (5,000) | n/a | 880 | x |",
                               "| new | 1 | 2 s | 3 | 4.00 (64) | 1.00 ± 0.10 | 1 | y |", "", "end"]
+
+
+def test_the_evaluations_replace_the_benchmarks_earlier_lines_in_metrics_jsonl_and_keep_the_trainers(tmp_path):
+    trainer = {"kimg": 0.5, "fid": 90.0, "num": 100}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(trainer) + "\n"
+                                            + json.dumps({"kimg": 1.0, "fid": 1.0, "source": "benchmarks.quality"}) + "\n")
+    selection = {"points": [{"kimg": k, "fid": f, "num": 32, "ref_num": 64} for k, f in ((1.0, 80.0), (2.0, 70.0))]}
+    record_evaluations(tmp_path, selection, {"kimg": 2.0, "kid": {"mean": 3.0, "std": 0.5}, "num": 64, "ref_num": 64})
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0] == trainer and [m.get("step") for m in lines] == [None, "selection", "selection", "final"]
+    assert [(m["kimg"], m.get("fid")) for m in lines[1:]] == [(1.0, 80.0), (2.0, 70.0), (2.0, None)]
+    row = summarize(tmp_path, tmp_path)  # report's view: the best FID of the trainer's and the benchmark's
+    assert (row["best_fid"], row["best_fid_kimg"]) == (70.0, 2.0)
 
 
 def test_the_ratio_of_a_non_positive_baseline_kid_is_not_a_number():

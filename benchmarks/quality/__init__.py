@@ -41,9 +41,12 @@ subprocesses, in this order:
    selection's samples are used again). KID (x10^3, mean and std over subsets) needs an evaluate CLI
    with `--metrics`; without it the final evaluation is FID alone and KID is reported as n/a.
 4. Report: prints one Markdown row `| config | kimg | train wall time | img/s | best FID (N samples) |
-   KID x10^3 | at kimg |` and writes into `--docs` (docs/quality): NAME.json (every number, the
-   command lines, the curve, the machine), NAME_curve.svg (FID vs kimg, the best point marked),
-   NAME_grid.png (a sample grid of the best checkpoint from `python -m dcgan_dist.sample CKPT
+   KID x10^3 | at kimg |`, records its evaluations in RUN/metrics.jsonl (the selection's FIDs and
+   the final KID, marked "source": "benchmarks.quality"; a rerun replaces them), where the
+   project's `report` reads a run's evaluations, and writes into `--docs` (docs/quality): NAME.json
+   (every number, the command lines, the curve, the machine), NAME_curve.svg (`python -m
+   dcgan_dist.report RUN --plot`: losses, D outputs, diversity, the FID curve with the best point
+   starred, KID), NAME_grid.png (a sample grid of the best checkpoint from `python -m dcgan_dist.sample CKPT
    --grid`, or, in a checkout without that CLI, the run's samples/fakes_<kimg>.png nearest the best
    kimg), and the row in results.md (one row per NAME, replaced on a rerun, with links to the three
    files).
@@ -78,5 +81,5 @@ SIGTERM) stops the running child cleanly (a trainer saves a checkpoint first) an
 Exit status: 0 done, 1 a step failed (the message names the step and its log), 2 bad arguments.
 
 Modules: cli (arguments, the order of the steps), baseline (the Radford recipe), train and launch
-(step 1), evaluate (steps 2-3), report and curve (step 4), proc (child processes), common.
+(step 1), evaluate (steps 2-3), report (step 4), proc (child processes), common.
 """

@@ -1,9 +1,11 @@
 """Step 4, the report: the Markdown row, and in the docs folder NAME.json (every number, the command
-lines, the curve, the machine), NAME_curve.svg (FID vs kimg, the best point marked), NAME_grid.png
-(samples of the best checkpoint) and the row in results.md."""
+lines, the curve, the machine), NAME_curve.svg (the run's curves by `python -m dcgan_dist.report RUN
+--plot`, after the benchmark's evaluations are recorded in RUN/metrics.jsonl), NAME_grid.png (samples
+of the best checkpoint) and the row in results.md."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -16,10 +18,10 @@ from importlib import metadata
 from pathlib import Path
 
 from dcgan_dist import layout
+from dcgan_dist.report import read_jsonl
 
 from ..launcher import REPO
 from .common import T0, BenchError, fmt_duration, fmt_kimg, say, write_json
-from .curve import curve_svg
 from .evaluate import fmt_kid
 from .proc import Child
 
@@ -30,6 +32,7 @@ RESULTS_HEAD = (TABLE_HEAD[0] + " details |", TABLE_HEAD[1] + "---|")
 # The results.md header before the KID column; its rows get KID "n/a" (not measured) when next written.
 OLD_RESULTS_HEAD = "| config | kimg | train wall time | img/s | best FID (N samples) | at kimg | details |"
 KID_COLUMN = 5
+SOURCE = "benchmarks.quality"  # marks the benchmark's lines in RUN/metrics.jsonl
 RESULTS_INTRO = [
     "# Generation quality", "",
     "Written by `python -m benchmarks.quality` (one row per config name; a rerun replaces its row). "
@@ -65,6 +68,36 @@ def make_grid(run: Path, best: Path, best_kimg: float, dest: Path) -> dict:
     kimg, src = min(grids, key=lambda kp: abs(kp[0] - best_kimg))
     shutil.copyfile(src, dest)
     return {"source": str(src), "kimg": kimg}
+
+
+def record_evaluations(run: Path, selection: dict, final: dict) -> Path:
+    """The benchmark's evaluations as lines of RUN/metrics.jsonl, where report and its --plot read a run's
+    evaluations: the selection's FIDs (the curve) and the final KID at the best kimg (no FID: its larger
+    sample count would not belong on the curve). Lines of an earlier invocation are replaced, the
+    trainer's own are kept."""
+    path = run / layout.METRICS
+    lines = [m for m in read_jsonl(path) if m.get("source") != SOURCE]
+    lines += [{"kimg": p["kimg"], "fid": p["fid"], "num": p["num"], "ref_num": p["ref_num"],
+               "source": SOURCE, "step": "selection"} for p in selection["points"]]
+    if final.get("kid"):
+        lines.append({"kimg": final["kimg"], "kid": final["kid"], "num": final["num"], "ref_num": final["ref_num"],
+                      "source": SOURCE, "step": "final"})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    os.replace(tmp, path)  # a reader never sees half of it
+    return path
+
+
+def draw_curves(run: Path, dest: Path) -> dict:
+    """The run's curves (losses, D outputs, diversity, FID with the best point starred, KID) through the
+    report CLI's --plot."""
+    cmd = [sys.executable, "-m", "dcgan_dist.report", str(run), "--plot", str(dest)]
+    log_path = run / "quality" / "plot.log"
+    child = Child(cmd, log_path, "curve figure")
+    rc = child.wait()
+    if rc != 0 or not dest.is_file():
+        raise BenchError(f"the curve figure failed (report exit {rc}); log: {log_path}\n{child.error_lines()}")
+    return {"command": shlex.join(cmd)}
 
 
 def upgrade_results(lines: list[str]) -> list[str]:
@@ -139,7 +172,8 @@ def write_report(args, subject, docs: Path, train: dict, selection: dict, best: 
     grid = make_grid(run_dir, Path(best["checkpoint"]), best["kimg"], grid_path)
     svg_path = docs / f"{name}_curve.svg"
     points = selection["points"]
-    svg_path.write_text(curve_svg(name, points, best["kimg"], args.select_num, final))
+    record_evaluations(run_dir, selection, {**final, "kimg": best["kimg"]})
+    curve = draw_curves(run_dir, svg_path)
 
     wall, ips = train["wall_s"], train["img_per_sec_median"]
     cells = [name, fmt_kimg(train["kimg"]), fmt_duration(wall), f"{ips:.0f}" if ips else "-",
@@ -156,6 +190,7 @@ def write_report(args, subject, docs: Path, train: dict, selection: dict, best: 
         "final": {k: final.get(k) for k in ("fid", "kid", "num", "ref_num", "world_size", "inception", "seed",
                                             "ref_cache", "checkpoint", "seconds", "wall_s", "command", "cached")},
         "grid": {"path": str(grid_path), **grid},
+        "curve": {"path": str(svg_path), "metrics": str(run_dir / layout.METRICS), **curve},
         "files": {"json": str(docs / f"{name}.json"), "curve": str(svg_path), "grid": str(grid_path),
                   "results": str(docs / "results.md")},
         "commands": {"benchmark": shlex.join([sys.executable, "-m", "benchmarks.quality", *sys.argv[1:]]),
