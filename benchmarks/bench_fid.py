@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from dcgan_dist.data.images import to_uint8  # noqa: E402
 from dcgan_dist.metrics import evaluation  # noqa: E402
-from dcgan_dist.metrics.evaluation import RefStats  # noqa: E402
+from dcgan_dist.metrics.reference import RefStats  # noqa: E402
 from dcgan_dist.metrics.inception import (load_torchscript, detect_format, load_extractor, load_network,  # noqa: E402
                                           to_network_input)
 from dcgan_dist.models import Generator  # noqa: E402
