@@ -1,7 +1,7 @@
 """`python -m dcgan_dist.evaluate`: a real checkpoint of the trainer against its training data, one
 process (in-process) and two through the real launcher; two image sets; precomputed reference
 statistics; FID during a 2-process training. KID and precision/recall (--metrics, eval.metrics):
-the JSON and the reference-feature cache.
+the JSON, the reference-feature cache, metrics.jsonl, TensorBoard and the report.
 
 The FID tests need the real Inception weights in ../shared (they skip without them); the KID / PR
 tests use a tiny stand-in extractor (tests/standins.py). Nothing is downloaded.
@@ -20,8 +20,9 @@ import torch
 from PIL import Image
 
 import standins
-from conftest import CPU_LAUNCH, REPO, SHARED, TINY, env, evaluate_inproc, read_json, train_inproc
+from conftest import CPU_LAUNCH, REPO, SHARED, TINY, env, evaluate_inproc, read_json, run_main, train_inproc
 
+from dcgan_dist import report
 from dcgan_dist.data.errors import SourceError
 from dcgan_dist.data.imagesets import iter_range, open_image_set
 from dcgan_dist.metrics.kid import kid
@@ -290,3 +291,39 @@ def test_reference_features_are_cached_and_an_fid_only_cache_is_completed(stand_
     _, _, fid_again = evaluate(common + ["--metrics", "fid", "--out", str(tmp_path / "fid2.json")], capsys)
     assert "cached" in fid_again and read_json(tmp_path / "fid2.json")["fid"] == pytest.approx(
         read_json(tmp_path / "fid.json")["fid"], rel=1e-9)
+
+
+def test_training_logs_kid_and_pr_and_the_report_shows_them(stand_in, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train_inproc("configs/quickstart.yaml", TINY + [
+        f"run.dir={run_dir}", "train.kimg=0.064", "eval.every_kimg=0.032", "eval.num=16", "eval.ref_num=32",
+        "eval.batch=16", "eval.metrics=fid,kid,pr", "eval.kid_subsets=3", "eval.kid_subset_size=8"]) == 0
+    assert "FID, KID, PR every" in capsys.readouterr().err
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [round(m["kimg"], 3) for m in records] == [0.032, 0.064]
+    for m in records:
+        assert set(m["kid"]) == {"mean", "std"} and all(np.isfinite(v) for v in m["kid"].values())
+        assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and (m["kid_subsets"], m["kid_subset_size"]) == (3, 8)
+        assert m["fid"] > 0 and m["metrics"] == ["fid", "kid", "pr"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    for tag, value in (("Metrics/kid", lambda m: m["kid"]["mean"]), ("Metrics/kid_std", lambda m: m["kid"]["std"]),
+                       ("Metrics/precision", lambda m: m["precision"]), ("Metrics/recall", lambda m: m["recall"]),
+                       ("Metrics/fid", lambda m: m["fid"])):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [32, 64], tag
+        assert [s.value for s in scalars] == pytest.approx([value(m) for m in records], rel=1e-6), tag
+
+    best = min(records, key=lambda m: m["fid"])
+    capsys.readouterr()
+    assert run_main(report.main, [run_dir, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["best_fid"] == best["fid"] and row["kid"] == best["kid"]
+    assert (row["precision"], row["recall"]) == (best["precision"], best["recall"])
+    assert run_main(report.main, [run_dir]) == 0
+    head, line = capsys.readouterr().out.splitlines()[:2]
+    assert head.split()[:7] == ["#", "state", "kimg", "best", "FID", "KID", "x1e3"] and "P" in head.split()
+    assert f"{best['kid']['mean']:.2f}±{best['kid']['std']:.2f}" in line and f"{best['precision']:.3f}" in line
