@@ -3,6 +3,7 @@ precision/recall there), speed.
 
     python -m dcgan_dist.report runs/<sweep>            # a table
     python -m dcgan_dist.report runs/<sweep> --json     # the same rows as a JSON list
+    python -m dcgan_dist.report runs/<sweep> --plot runs/<sweep>.png   # the table, and a figure (plot.py)
 
 A run is a directory holding status.json (written by the trainer) or sweep.json (written by
 slurm/sweep.sh before the run starts; a run without status.json yet is `pending`). The columns:
@@ -27,10 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from .errors import UserError, report as report_error
+from .layout import METRICS, STATS, STATUS
 from .runlock import run_dead_reason
 from .sweep import RECORD
-
-from .layout import METRICS, STATS, STATUS
 
 
 def _json(path: Path) -> Optional[dict]:
@@ -41,7 +42,7 @@ def _json(path: Path) -> Optional[dict]:
     return doc if isinstance(doc, dict) else None
 
 
-def _lines(path: Path) -> Iterator[dict]:
+def read_jsonl(path: Path) -> Iterator[dict]:
     """The JSON objects of a .jsonl file; a line cut short by a running writer is skipped."""
     try:
         text = path.read_text()
@@ -56,7 +57,7 @@ def _lines(path: Path) -> Iterator[dict]:
             yield doc
 
 
-def _number(v: Any) -> Optional[float]:
+def number(v: Any) -> Optional[float]:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -73,14 +74,14 @@ def find_runs(root: Path) -> list[Path]:
 def summarize(run: Path, root: Path) -> dict:
     status = _json(run / STATUS) or {}
     record = _json(run / RECORD) or {}
-    evals = [m for m in _lines(run / METRICS) if _number(m.get("fid")) is not None]
-    best = min(evals, key=lambda m: _number(m["fid"])) if evals else {}  # the first of equal FIDs
+    evals = [m for m in read_jsonl(run / METRICS) if number(m.get("fid")) is not None]
+    best = min(evals, key=lambda m: number(m["fid"])) if evals else {}  # the first of equal FIDs
     kid = best.get("kid") if isinstance(best.get("kid"), dict) else {}
-    ticks = list(_lines(run / STATS))
-    speeds = [s for t in ticks if (s := _number(t.get("Speed/img_per_sec"))) and s > 0]
+    ticks = list(read_jsonl(run / STATS))
+    speeds = [s for t in ticks if (s := number(t.get("Speed/img_per_sec"))) and s > 0]
     # status.json moves at checkpoints, stats.jsonl every tick: a running run is as far as its last tick.
-    last_tick = _number(ticks[-1].get("kimg")) if ticks else None
-    reached = [k for k in (_number(status.get("kimg")), last_tick) if k is not None]
+    last_tick = number(ticks[-1].get("kimg")) if ticks else None
+    reached = [k for k in (number(status.get("kimg")), last_tick) if k is not None]
     params = record.get("params") or {}
     state = status.get("state", "pending" if record else "unknown")
     dead = run_dead_reason(run, status) if state == "running" else None
@@ -91,12 +92,12 @@ def summarize(run: Path, root: Path) -> dict:
         "overrides": [f"{k}={v}" for k, v in params.items()],
         "state": "dead" if dead else state,
         "kimg": max(reached) if reached else None,
-        "total_kimg": _number(status.get("total_kimg")),
-        "best_fid": _number(best.get("fid")),
-        "best_fid_kimg": _number(best.get("kimg")),
-        "kid": {"mean": _number(kid.get("mean")), "std": _number(kid.get("std"))} if kid else None,
-        "precision": _number(best.get("precision")),
-        "recall": _number(best.get("recall")),
+        "total_kimg": number(status.get("total_kimg")),
+        "best_fid": number(best.get("fid")),
+        "best_fid_kimg": number(best.get("kimg")),
+        "kid": {"mean": number(kid.get("mean")), "std": number(kid.get("std"))} if kid else None,
+        "precision": number(best.get("precision")),
+        "recall": number(best.get("recall")),
         "img_per_sec": statistics.median(speeds) if speeds else None,
         "world_size": status.get("world_size"),
         "slurm_job": record.get("slurm_job"),
@@ -144,11 +145,26 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="a sweep's directory (runs/<sweep>), any directory of runs, or one run")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    p.add_argument("--plot", metavar="OUT.png|OUT.svg",
+                   help="also draw the runs' losses, D outputs, diversity and evaluations against kimg into this "
+                        "file, every run overlaid (PNG or SVG, chosen by the suffix)")
     args = p.parse_args(argv)
     root = Path(args.root)
     if not root.is_dir():
         print(f"error: {root} is not a directory", file=sys.stderr)
         return 2
+    try:
+        return _run(root, args)
+    except UserError as e:
+        return report_error(e)
+
+
+def _run(root: Path, args: argparse.Namespace) -> int:
+    out = None
+    if args.plot:
+        from . import plot as plotting  # matplotlib itself is imported only when drawing
+
+        out = plotting.output_path(args.plot)  # a bad name fails before any run is read
     rows = collect(root)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -157,6 +173,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         print(f"no runs under {root} (a run directory holds {STATUS} or {RECORD})", file=sys.stderr)
         return 1
+    if out is not None and not rows:
+        print(f"no runs under {root}: no figure written to {out}", file=sys.stderr)
+        return 1
+    if out is not None:
+        print(f"wrote {plotting.save(rows, str(root), out)}", file=sys.stderr)
     return 0
 
 

@@ -14,7 +14,8 @@ from dcgan_dist.config import ConfigError
 from dcgan_dist.data import cache
 from dcgan_dist.data.locate import DataError
 from dcgan_dist.data.shards import encode_png
-from test_data import RES, make_shards, spec_for, take_batches, write_tar
+from test_data import RES, make_shards, spec_for, take_batches
+from test_stream import write_tar
 
 
 def cached_batches(spec, n):

@@ -1,7 +1,7 @@
 """`python -m dcgan_dist.evaluate`: a real checkpoint of the trainer against its training data, one
 process (in-process) and two through the real launcher; two image sets; precomputed reference
 statistics; FID during a 2-process training. KID and precision/recall (--metrics, eval.metrics):
-the JSON, the reference-feature cache, metrics.jsonl, TensorBoard and the report.
+the JSON, the reference-feature cache, metrics.jsonl, TensorBoard, the report and its plot.
 
 The FID tests need the real Inception weights in ../shared (they skip without them); the KID / PR
 tests use a tiny stand-in extractor (tests/standins.py). Nothing is downloaded.
@@ -22,7 +22,7 @@ from PIL import Image
 import standins
 from conftest import CPU_LAUNCH, REPO, SHARED, TINY, env, evaluate_inproc, read_json, run_main, train_inproc
 
-from dcgan_dist import report
+from dcgan_dist import plot, report
 from dcgan_dist.data.errors import SourceError
 from dcgan_dist.data.imagesets import iter_range, open_image_set
 from dcgan_dist.metrics.kid import kid
@@ -293,7 +293,7 @@ def test_reference_features_are_cached_and_an_fid_only_cache_is_completed(stand_
         read_json(tmp_path / "fid.json")["fid"], rel=1e-9)
 
 
-def test_training_logs_kid_and_pr_and_the_report_shows_them(stand_in, tmp_path, capsys):
+def test_training_logs_kid_and_pr_and_the_report_and_its_plot_show_them(stand_in, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert train_inproc("configs/quickstart.yaml", TINY + [
         f"run.dir={run_dir}", "train.kimg=0.064", "eval.every_kimg=0.032", "eval.num=16", "eval.ref_num=32",
@@ -327,3 +327,11 @@ def test_training_logs_kid_and_pr_and_the_report_shows_them(stand_in, tmp_path, 
     head, line = capsys.readouterr().out.splitlines()[:2]
     assert head.split()[:7] == ["#", "state", "kimg", "best", "FID", "KID", "x1e3"] and "P" in head.split()
     assert f"{best['kid']['mean']:.2f}±{best['kid']['std']:.2f}" in line and f"{best['precision']:.3f}" in line
+    # report --plot reads the same metrics.jsonl keys the trainer writes: KID's mean as the line, its std as the band
+    kimgs = [m["kimg"] for m in records]
+    p = {ax.get_title(): ax for ax in plot.figure(report.collect(run_dir), str(run_dir)).axes}
+    drawn = {ln.get_label(): ln for title in ("KID ×10³", "Precision / recall") for ln in p[title].get_lines()}
+    for label, value in (("run KID", lambda m: m["kid"]["mean"]), ("run precision", lambda m: m["precision"]),
+                         ("run recall", lambda m: m["recall"])):
+        assert list(drawn[label].get_xdata()) == kimgs and list(drawn[label].get_ydata()) == [value(m) for m in records]
+    assert len(p["KID ×10³"].collections) == 1  # the ± std band
