@@ -28,7 +28,7 @@ import torch
 
 from dcgan_dist.data.images import to_uint8
 from dcgan_dist.metrics import evaluation
-from dcgan_dist.metrics.evaluation import RefStats
+from dcgan_dist.metrics.reference import RefStats
 from dcgan_dist.metrics.inception import (load_torchscript, detect_format, load_extractor, load_network,
                                           to_network_input)
 from dcgan_dist.models import Generator

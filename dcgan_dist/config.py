@@ -140,9 +140,12 @@ class CheckpointCfg:
 
 @dataclass
 class EvalCfg:
-    every_kimg: float = opt(0.0, "FID (and IS when the weights have logits) every this many kimg, rounded to ticks, "
-                                 "and at the end; 0 = off")
-    num: int = opt(10000, "generated samples per FID, all ranks together (50000 to compare with papers)")
+    every_kimg: float = opt(0.0, "evaluate eval.metrics (and IS when the weights have logits) every this many kimg, "
+                                 "rounded to ticks, and at the end; 0 = off")
+    metrics: str = opt("fid,kid", "comma list of fid, kid (x 10^3), pr (precision/recall); fid picks checkpoints/best/")
+    kid_subsets: int = opt(100, "KID: random subsets (StyleGAN, torch-fidelity: 100; ~1 s each of 1000 on 2 CPU cores)")
+    kid_subset_size: int = opt(1000, "KID: samples per subset (StyleGAN, torch-fidelity: 1000; fewer samples: all)")
+    num: int = opt(10000, "generated samples per evaluation, all ranks together (50000 to compare with papers)")
     ref_num: Optional[int] = opt(None, "real images in the cached reference statistics; default the whole training set")
     batch: int = opt(64, "images per Inception batch on each rank")
     inception: Optional[str] = opt(None, "FID Inception weights (pytorch-fid .pth or TorchScript); default "
@@ -288,6 +291,8 @@ def validate(cfg: Config) -> None:
     need(cfg.eval.every_kimg >= 0, f"eval.every_kimg must be >= 0 (0 = off; got {cfg.eval.every_kimg})")
     need(cfg.eval.num >= 2 and cfg.eval.batch >= 1, "eval.num must be >= 2 and eval.batch >= 1")
     need(cfg.eval.ref_num is None or cfg.eval.ref_num >= 2, "eval.ref_num must be >= 2 (or unset: all images)")
+    need(cfg.eval.kid_subsets >= 1 and cfg.eval.kid_subset_size >= 2,
+         "eval.kid_subsets must be >= 1 and eval.kid_subset_size >= 2")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
@@ -300,6 +305,7 @@ def _validate_training_options(cfg: Config, need) -> None:
     from .data.cache import MODES as CACHE_MODES
     from .losses import LOSSES
     from .metrics.inception import PREPROCESS_MODES
+    from .metrics.suite import training_problems
     from .models import D_NORMS
     from .optim import SCHEDULES
     from .runtime import MIXED_PRECISION
@@ -310,6 +316,8 @@ def _validate_training_options(cfg: Config, need) -> None:
                          ("train.mixed_precision", MIXED_PRECISION), ("eval.preprocess", PREPROCESS_MODES)):
         value = operator.attrgetter(key)(cfg)
         need(value in allowed, f"{key} must be one of {', '.join(allowed)} (got {value!r})")
+    for problem in training_problems(cfg.eval.metrics, cfg.eval.num, "eval"):  # eval.metrics' names: suite.METRICS
+        need(False, problem)
     m, loss, o, a = cfg.model, cfg.loss, cfg.optim, cfg.augment
     need(m.num_classes >= 0, f"model.num_classes must be >= 0 (0 = unconditional; got {m.num_classes})")
     need(0.0 < loss.real_label <= 1.0, f"loss.real_label must be in (0, 1] (got {loss.real_label})")

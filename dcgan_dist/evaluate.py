@@ -1,4 +1,5 @@
-"""FID (and Inception Score) of a trained generator, of two image sets, or reference statistics.
+"""FID, KID, precision/recall (and Inception Score) of a trained generator, of two image sets, or
+reference statistics.
 
     python -m dcgan_dist.evaluate RUN_DIR_OR_CHECKPOINT [--num 10000] [--batch 64] [--data SHARDS]
     python -m dcgan_dist.evaluate --real DIR_OR_SHARDS_OR_NPZ --fake DIR_OR_SHARDS [--num N]
@@ -7,10 +8,12 @@
 
 A run directory means its newest complete checkpoint. The generator is rebuilt from the config
 stored in the checkpoint's meta.json and compared with its training data (`data.shards` of that
-config, or --data); reference statistics are cached (see --cache-dir). Numbers match
-torch-fidelity / StyleGAN's preprocessing (--preprocess pytorch-fid: pytorch-fid's); see
-dcgan_dist/metrics/inception.py. Results are printed and, with --out, written as JSON with keys
-`fid` and, when the weights have logits, `is` ({mean, std}).
+config, or --data); reference statistics (and, for KID / precision-recall, features) are cached
+(see --cache-dir). Numbers match torch-fidelity / StyleGAN's preprocessing (--preprocess
+pytorch-fid: pytorch-fid's); see dcgan_dist/metrics/inception.py. --metrics picks fid, kid, pr
+(default fid,kid). Results are printed and, with --out, written as JSON with keys `fid`, `kid`
+({mean, std}, x 10^3), `precision`, `recall` (each null when not in --metrics) and, when the
+weights have logits, `is` ({mean, std}).
 
 Inception weights: --inception PATH, else the checkpoint config's eval.inception, else
 $DCGAN_DIST_INCEPTION, else pytorch-fid's file downloaded once into the cache.
@@ -27,9 +30,12 @@ from typing import Optional
 
 from . import checkpoint, errors, runtime, tracking
 from .errors import UserError
-from .metrics import evaluation
-from .metrics.evaluation import RefStats
+from .metrics import evaluation, reference
+from .metrics.features import gather_features
 from .metrics.inception import PREPROCESS_MODES, load_extractor
+from .metrics.kid import KID_SUBSET_SIZE, KID_SUBSETS
+from .metrics.reference import RefStats
+from .metrics.suite import DEFAULT_METRICS, MetricSpec, MetricsError, format_metrics
 from .data.errors import SourceError
 from .data.imagesets import open_image_set
 
@@ -53,6 +59,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--inception", metavar="PATH", help="FID Inception weights (pytorch-fid .pth or TorchScript)")
     p.add_argument("--preprocess", choices=PREPROCESS_MODES, default="tf1",
                    help="tf1: torch-fidelity / StyleGAN numbers (default); pytorch-fid: pytorch-fid's numbers")
+    p.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help=f"comma list of fid, kid (x 10^3), pr (precision/recall, k=3) (default {DEFAULT_METRICS})")
+    p.add_argument("--kid-subsets", type=int, default=KID_SUBSETS,
+                   help=f"KID: random subsets (default {KID_SUBSETS}; ~1 s each of 1000 samples on 2 CPU cores)")
+    p.add_argument("--kid-subset-size", type=int, default=KID_SUBSET_SIZE,
+                   help=f"KID: samples per subset (default {KID_SUBSET_SIZE}; fewer samples: all of them)")
     p.add_argument("--is", dest="require_is", action="store_true",
                    help="require the Inception Score (an error if the weights have no logits)")
     p.add_argument("--cache-dir", help="reference statistics cache (default $DCGAN_DIST_CACHE/fid)")
@@ -64,6 +76,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         p.error("give exactly one of: a run/checkpoint directory, --real A --fake B, or --precompute SHARDS")
     if args.batch < 1 or (args.num is not None and args.num < 1) or (args.ref_num is not None and args.ref_num < 1):
         p.error("--batch, --num and --ref-num must be >= 1")
+    if args.kid_subsets < 1 or args.kid_subset_size < 2:
+        p.error("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
+    try:
+        args.spec = MetricSpec.parse(args.metrics, "--metrics", args.kid_subsets, args.kid_subset_size)
+    except MetricsError as e:
+        p.error(str(e))
     return args
 
 
@@ -80,13 +98,14 @@ def run_checkpoint(args, accelerator, ctx: dict) -> dict:
                                 origin="--data" if args.data else "data.shards")
     except SourceError as e:
         raise SourceError(f"{e}\n(the reference data of {ckpt}; point --data at the training shards)") from None
-    ref = evaluation.reference_stats(accelerator, source, num=args.ref_num, extractor=extractor,
-                                     cache_dir=args.cache_dir, batch=args.batch, progress=not args.no_progress)
+    ref = reference.reference_stats(accelerator, source, num=args.ref_num, extractor=extractor,
+                                    cache_dir=args.cache_dir, batch=args.batch, progress=not args.no_progress,
+                                    features=args.spec.features)
     seed = cfg.seed if args.seed is None else args.seed
     result = evaluation.evaluate_generator(
         accelerator, G, num=args.num or 10_000, batch=args.batch, z_dim=cfg.model.z_dim, seed=seed,
         extractor=extractor, ref_stats=ref, inception_score=True if args.require_is else None,
-        progress=not args.no_progress)
+        progress=not args.no_progress, metrics=args.spec)
     ctx.update(mode="checkpoint", checkpoint=str(ckpt), generator=weights.name, kimg=meta.get("kimg"), data=data,
                ref_num=ref.count, ref_cache=str(ref.path) if ref.path else None, seed=seed)
     return result
@@ -95,14 +114,14 @@ def run_checkpoint(args, accelerator, ctx: dict) -> dict:
 def _set_stats(args, accelerator, spec: str, extractor, with_is: bool, origin: str):
     src = open_image_set(spec, origin=origin)
     return evaluation.image_stats(accelerator, src, num=args.num, batch=args.batch, extractor=extractor,
-                                  with_is=with_is, progress=not args.no_progress)
+                                  with_is=with_is, progress=not args.no_progress, keep_features=args.spec.features)
 
 
 def run_two_sets(args, accelerator, ctx: dict) -> dict:
     extractor = _extractor(args, accelerator, args.inception, "--inception", ctx)
     if args.real.endswith(".npz"):  # precomputed statistics, ours or pytorch-fid's (read by every rank: one outcome)
         try:
-            ref = evaluation.load_stats(args.real)
+            ref = reference.load_stats(args.real, features=args.spec.features)
         except ValueError as e:  # its message starts with the path: say which option gave it
             raise SourceError(f"--real {e}") from None
     else:
@@ -110,11 +129,13 @@ def run_two_sets(args, accelerator, ctx: dict) -> dict:
         if real.n < 2:  # every rank sees the reduced count: they all stop here together
             raise SourceError(f"--real {args.real}: FID needs at least 2 images, got {real.n}")
         ref = RefStats(count=real.n, key={})
+        if args.spec.features:
+            ref.features = gather_features(accelerator, real.features()).cpu()
         if accelerator.is_main_process:
             ref.mu, ref.sigma = real.mean_cov()
     want_is = evaluation.resolve_inception_score(extractor, True if args.require_is else None)
     fake = _set_stats(args, accelerator, args.fake, extractor, with_is=want_is, origin="--fake")
-    result = evaluation.summarize(accelerator, fake, ref, want_is)
+    result = evaluation.summarize(accelerator, fake, ref, want_is, args.spec)
     ctx.update(mode="two-sets", real=args.real, fake=args.fake, ref_num=ref.count)
     return result
 
@@ -122,9 +143,11 @@ def run_two_sets(args, accelerator, ctx: dict) -> dict:
 def run_precompute(args, accelerator, ctx: dict) -> dict:
     extractor = _extractor(args, accelerator, args.inception, "--inception", ctx)
     source = open_image_set(args.precompute, origin="--precompute")
-    ref = evaluation.reference_stats(accelerator, source, num=args.num, extractor=extractor,
-                                     cache_dir=args.cache_dir, batch=args.batch, progress=not args.no_progress)
-    ctx.update(mode="precompute", data=args.precompute, ref_cache=str(ref.path) if ref.path else None)
+    ref = reference.reference_stats(accelerator, source, num=args.num, extractor=extractor,
+                                    cache_dir=args.cache_dir, batch=args.batch, progress=not args.no_progress,
+                                    features=args.spec.features)
+    ctx.update(mode="precompute", data=args.precompute, ref_cache=str(ref.path) if ref.path else None,
+               ref_features=ref.features is not None)
     if ref.path is None:
         raise SourceError(f"{args.precompute} has no dataset.json content hash, so its statistics cannot be cached; "
                           "write the shards with `python -m dcgan_dist.prepare`, or use --real/--fake directly")
@@ -142,12 +165,21 @@ def _extractor(args, accelerator, path, origin, ctx):
 
 
 def report(result: dict, ctx: dict) -> dict:
-    """The JSON document: `fid`, `is` (when computed) and what they were computed from."""
-    doc = {"fid": result.get("fid")}
+    """The JSON document: `fid`, `kid` (x 10^3), `precision`, `recall` (null when not asked for), `is`
+    (when computed) and what they were computed from."""
+    doc = {k: result.get(k) for k in ("fid", "kid", "precision", "recall")}
     if result.get("is_mean") is not None:
         doc["is"] = {"mean": result["is_mean"], "std": result["is_std"]}
-    doc.update({k: v for k, v in result.items() if k not in ("fid", "is_mean", "is_std")}, **ctx)
+    doc.update({k: v for k, v in result.items() if k not in (*doc, "is_mean", "is_std")}, **ctx)
     return doc
+
+
+def summary_line(result: dict, doc: dict, world_size: int) -> str:
+    """The printed result: `FID 12.3456 | KID x10^3 1.2340 ± 0.0560 | ...  (N images, W process(es))`."""
+    parts = [format_metrics(result, digits=4)]
+    if doc.get("mode") == "precompute":
+        parts.append(f"reference statistics{' and features' if doc.get('ref_features') else ''} in {doc['ref_cache']}")
+    return " | ".join(p for p in parts if p) + f"  ({doc.get('num')} images, {world_size} process(es))"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -167,11 +199,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return errors.report(e)
     doc = report(result, ctx)
     if accelerator.is_main_process:
-        parts = [f"FID {doc['fid']:.4f}" if doc.get("fid") is not None else None,
-                 f"IS {doc['is']['mean']:.4f} ± {doc['is']['std']:.4f}" if "is" in doc else None,
-                 f"reference statistics in {doc['ref_cache']}" if doc.get("mode") == "precompute" else None]
-        where = f"{doc.get('num')} images, {accelerator.num_processes} process(es)"
-        print(" | ".join(p for p in parts if p) + f"  ({where})")
+        print(summary_line(result, doc, accelerator.num_processes))
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")

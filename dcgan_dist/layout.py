@@ -7,7 +7,7 @@ evaluate, the sweep tools and the benchmarks. Spelled here once.
     status.json       state (running / stopped / complete / failed), kimg, world size, last checkpoint,
                       who writes it (host, PIDs, Slurm job) and a heartbeat
     stats.jsonl       one JSON line per tick
-    metrics.jsonl     one JSON line per evaluation (FID, IS)
+    metrics.jsonl     one JSON line per evaluation (FID, KID, precision/recall, IS)
     sweep.json        a sweep task's settings, written before its run starts (see sweep.py)
     events.out.tfevents.*   TensorBoard scalars and sample images
     samples/          reals.png and fakes_<kimg>.png fixed-noise grids

@@ -1,4 +1,5 @@
-"""One row per run of a sweep (or any directory of runs): overrides, progress, state, best FID, speed.
+"""One row per run of a sweep (or any directory of runs): overrides, progress, state, best FID (with KID and
+precision/recall there), speed.
 
     python -m dcgan_dist.report runs/<sweep>            # a table
     python -m dcgan_dist.report runs/<sweep> --json     # the same rows as a JSON list
@@ -8,8 +9,10 @@ A run is a directory holding status.json (written by the trainer) or sweep.json 
 slurm/sweep.sh before the run starts; a run without status.json yet is `pending`). The columns:
 its sweep overrides (sweep.json), the kimg reached (status.json, or the last tick in stats.jsonl
 when that is further) and asked for, the state (status.json), the best FID and the kimg it was
-measured at (the lowest "fid" in metrics.jsonl, when there is one) and the training speed (the
-median "Speed/img_per_sec" of stats.jsonl's ticks).
+measured at (the lowest "fid" in metrics.jsonl, when there is one), the KID (x 10^3, mean ± std)
+and, when any run has them, precision and recall of that same evaluation, and the training speed
+(the median "Speed/img_per_sec" of stats.jsonl's ticks). `--json` rows carry them as `kid`
+({"mean", "std"} x 10^3), `precision`, `recall` (null when that evaluation did not compute them).
 
 A run whose status.json says `running` but whose trainer is gone (killed, its node lost) is shown
 as `dead`: judged by `runlock.run_dead_reason` by the same rules as a start that finds the run
@@ -71,8 +74,9 @@ def find_runs(root: Path) -> list[Path]:
 def summarize(run: Path, root: Path) -> dict:
     status = _json(run / STATUS) or {}
     record = _json(run / RECORD) or {}
-    fids = [(f, number(m.get("kimg"))) for m in read_jsonl(run / METRICS) if (f := number(m.get("fid"))) is not None]
-    best = min(fids, key=lambda x: x[0]) if fids else (None, None)
+    evals = [m for m in read_jsonl(run / METRICS) if number(m.get("fid")) is not None]
+    best = min(evals, key=lambda m: number(m["fid"])) if evals else {}  # the first of equal FIDs
+    kid = best.get("kid") if isinstance(best.get("kid"), dict) else {}
     ticks = list(read_jsonl(run / STATS))
     speeds = [s for t in ticks if (s := number(t.get("Speed/img_per_sec"))) and s > 0]
     # status.json moves at checkpoints, stats.jsonl every tick: a running run is as far as its last tick.
@@ -89,8 +93,11 @@ def summarize(run: Path, root: Path) -> dict:
         "state": "dead" if dead else state,
         "kimg": max(reached) if reached else None,
         "total_kimg": number(status.get("total_kimg")),
-        "best_fid": best[0],
-        "best_fid_kimg": best[1],
+        "best_fid": number(best.get("fid")),
+        "best_fid_kimg": number(best.get("kimg")),
+        "kid": {"mean": number(kid.get("mean")), "std": number(kid.get("std"))} if kid else None,
+        "precision": number(best.get("precision")),
+        "recall": number(best.get("recall")),
         "img_per_sec": statistics.median(speeds) if speeds else None,
         "world_size": status.get("world_size"),
         "slurm_job": record.get("slurm_job"),
@@ -108,18 +115,25 @@ def _fmt(v: Optional[float], spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _kid(kid: Optional[dict]) -> str:
+    return "-" if not kid or kid["mean"] is None else f"{kid['mean']:.2f}±{_fmt(kid['std'], '.2f')}"
+
+
 def table(rows: list[dict]) -> str:
-    head = ("#", "state", "kimg", "best FID", "img/s", "overrides")
+    with_pr = any(r["precision"] is not None for r in rows)  # P/R columns only when some run measured them
+    head = ("#", "state", "kimg", "best FID", "KID x1e3", *(("P", "R") if with_pr else ()), "img/s", "overrides")
     body = [(
         "-" if r["index"] is None else str(r["index"]),
         r["state"],
         f"{_fmt(r['kimg'], '.3f')}/{_fmt(r['total_kimg'], 'g')}",
         _fmt(r["best_fid"], ".2f") + (f" @{r['best_fid_kimg']:g}" if r["best_fid_kimg"] is not None else ""),
+        _kid(r["kid"]),
+        *((_fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")) if with_pr else ()),
         _fmt(r["img_per_sec"], ".1f"),
         " ".join(r["overrides"]) or r["run"],
     ) for r in rows]
     widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
-    right = {0, 2, 3, 4}
+    right = set(range(len(head) - 1)) - {1}  # every column but the state and the overrides
     lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in (head, *body)]
     errors = [f"{r['run']}: {r['error']}" for r in rows if r["error"]]

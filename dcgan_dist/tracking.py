@@ -161,10 +161,15 @@ class Tracker:
 
     @_writes("the evaluation's metrics (metrics.jsonl)")
     def metrics(self, nimg: int, result: dict) -> None:
-        """One evaluation: TensorBoard `Metrics/*` and a line of metrics.jsonl."""
-        for tag, key in (("Metrics/fid", "fid"), ("Metrics/is_mean", "is_mean"), ("Metrics/is_std", "is_std")):
-            if result.get(key) is not None:
-                self.writer.add_scalar(tag, result[key], global_step=nimg)
+        """One evaluation: TensorBoard `Metrics/*` (what was computed) and a line of metrics.jsonl (the
+        result as it is: `kid` is {"mean", "std"} x 10^3, and null like `precision`/`recall` when not asked for)."""
+        kid = result.get("kid") or {}
+        scalars = {"Metrics/fid": result.get("fid"), "Metrics/kid": kid.get("mean"), "Metrics/kid_std": kid.get("std"),
+                   "Metrics/precision": result.get("precision"), "Metrics/recall": result.get("recall"),
+                   "Metrics/is_mean": result.get("is_mean"), "Metrics/is_std": result.get("is_std")}
+        for tag, value in scalars.items():
+            if value is not None:
+                self.writer.add_scalar(tag, value, global_step=nimg)
         self.writer.flush()
         with open(self.run_dir / layout.METRICS, "a") as f:
             f.write(json.dumps({"kimg": nimg / 1000, **result}) + "\n")

@@ -158,6 +158,25 @@ def test_allowed_values_come_from_the_modules_that_use_them():
         config.load(None, ["augment.policy=color,bogus"])
 
 
+def test_eval_metrics_are_validated_with_the_names_of_their_owner_module():
+    from dcgan_dist.metrics import kid, suite
+
+    cfg = config.load(None)
+    assert cfg.eval.metrics == suite.DEFAULT_METRICS == "fid,kid"
+    assert (cfg.eval.kid_subsets, cfg.eval.kid_subset_size) == (kid.KID_SUBSETS, kid.KID_SUBSET_SIZE) == (100, 1000)
+    assert config.load(None, ["eval.metrics=pr, FID,kid"]).eval.metrics == "pr, FID,kid"  # any order, case, spaces
+    for overrides, message in (
+            (["eval.metrics=fid,is"], "eval.metrics='fid,is': unknown 'is'; give a comma list of fid, kid, pr"),
+            (["eval.metrics="], "eval.metrics='': no metric named"),
+            (["eval.metrics=kid,pr"], "add fid, by which checkpoints/best/ is chosen"),
+            (["eval.metrics=fid,pr", "eval.num=3"], "eval.metrics with pr .* needs eval.num > 3"),
+            (["eval.kid_subsets=0"], "eval.kid_subsets must be >= 1"),
+            (["eval.kid_subset_size=1"], "eval.kid_subset_size >= 2")):
+        with pytest.raises(ConfigError, match=message):
+            config.load(None, overrides)
+    assert suite.METRICS == ("fid", "kid", "pr")
+
+
 def test_every_command_line_tool_is_an_installed_command():
     from importlib.metadata import entry_points
 

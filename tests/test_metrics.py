@@ -23,43 +23,22 @@ import scipy.linalg
 import torch
 
 from dcgan_dist.data.imagesets import iter_range, open_image_set
-from dcgan_dist.metrics import evaluation, inception
-from dcgan_dist.metrics.evaluation import RefStats, image_stats, latents, rank_range, reference_stats
+from dcgan_dist.metrics import evaluation, inception, reference
+from dcgan_dist.metrics.evaluation import image_stats, latents, rank_range
+from dcgan_dist.metrics.reference import RefStats, reference_stats
 from dcgan_dist.metrics.fid import FeatureStats, fid_from_stats, frechet_distance, inception_score
 from dcgan_dist.metrics.inception import (InceptionWeightsError, detect_format, load_extractor, resize_tf1,
                                           resolve_weights, to_network_input)
 from dcgan_dist.metrics.inception_net import FIDInceptionV3, from_torchscript_state
 
 from conftest import CPU_LAUNCH, REPO, SHARED, env, in_process
+from standins import Float64Extractor
 
 TS_WEIGHTS = SHARED / "data" / "fid_inception" / "default_1.pt"
 FACES = SHARED / "data" / "faces" / "fairface_val_1-3000.tar"
 APPLES = SHARED / "data" / "fruits360" / "apple.tar"
 needs_shared = pytest.mark.skipif(not TS_WEIGHTS.is_file() or not FACES.is_file(),
                                   reason=f"needs the real Inception weights and images in {SHARED / 'data'} (absent)")
-
-
-class Float64Extractor:
-    """A deterministic stand-in for Inception (fixed random projections, float64): per-sample results
-    do not depend on batch composition or thread count, so statistics can be compared to 1e-12.
-    Used where the test is about reduction, caching or splitting, never about FID values."""
-
-    has_logits = True
-    identity = "float64-test-extractor/v1"
-    path = Path("float64-test-extractor")
-
-    def __init__(self):
-        g = torch.Generator().manual_seed(1234)
-        self.proj = torch.randn(3 * 8 * 8, 2048, generator=g, dtype=torch.float64) / 8
-        self.head = torch.randn(2048, 1008, generator=g, dtype=torch.float64) / 16
-        self.seen = 0
-
-    def __call__(self, images):
-        x = torch.stack(list(images)) if not isinstance(images, torch.Tensor) else images
-        x = x.double().expand(-1, 3, -1, -1) / 255
-        feats = torch.tanh(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1) @ self.proj)
-        self.seen += x.shape[0]
-        return feats, feats @ self.head
 
 
 def rel(a: float, b: float) -> float:
@@ -141,6 +120,22 @@ def test_one_flat_buffer_round_trips_every_statistic():
     assert torch.equal(a.flat(), b.flat()) and a.flat().dtype == torch.float64
     # The buffer's size is fixed by the dimensions, not by the number of samples.
     assert a.flat().numel() == 1 + 16 + 16 * 16 + 10 * (5 + 2)
+
+
+def test_features_are_kept_only_when_asked_and_never_reduced():
+    """FID alone keeps nothing per sample; with keep_features the rank's features, float32, in order."""
+    batches = [torch.randn(n, 16, dtype=torch.float64) for n in (5, 0, 7)]
+    plain, keeping = FeatureStats(16), FeatureStats(16, keep_features=True)
+    for x in batches:
+        plain.add(x)
+        keeping.add(x)
+    assert plain._kept is None
+    with pytest.raises(ValueError, match="keep_features"):
+        plain.features()
+    kept = keeping.features()
+    assert kept.dtype == torch.float32 and torch.equal(kept, torch.cat(batches).float())
+    assert torch.equal(keeping.flat(), plain.flat())  # the FID statistics are the same either way
+    assert FeatureStats(16, keep_features=True).features().shape == (0, 16)  # a rank with no samples
 
 
 # ---- Inception Score ----------------------------------------------------------------------------
@@ -420,7 +415,7 @@ def test_reference_stats_cached_by_content_and_count(tmp_path, caplog):
 def test_stats_files_are_pytorch_fid_compatible(tmp_path):
     mu, sigma = torch.rand(2048, dtype=torch.float64), torch.eye(2048, dtype=torch.float64)
     np.savez(tmp_path / "theirs.npz", mu=mu.numpy(), sigma=sigma.numpy())  # pytorch-fid --save-stats
-    loaded = evaluation.load_stats(tmp_path / "theirs.npz")
+    loaded = reference.load_stats(tmp_path / "theirs.npz")
     assert isinstance(loaded, RefStats) and torch.equal(loaded.mu, mu) and torch.equal(loaded.sigma, sigma)
 
 

@@ -25,7 +25,6 @@ import yaml
 from PIL import Image
 
 from benchmarks.quality import baseline
-from benchmarks.quality.evaluate import final_metrics
 from benchmarks.quality.report import RESULTS_HEAD, record_evaluations, update_results
 from conftest import REPO, SHARED, TINY, env, read_json
 from dcgan_dist import config
@@ -68,19 +67,9 @@ def test_bad_invocations_are_refused_before_anything_runs(tmp_path):
     assert not fresh.exists()
 
 
-def kid_measured() -> bool:
-    """Whether this checkout's evaluate CLI measures KID (--metrics); without it the benchmark says n/a."""
-    if not hasattr(kid_measured, "answer"):
-        kid_measured.answer = "kid" in final_metrics()
-    return kid_measured.answer
-
-
 def assert_kid_cell(cell: str) -> None:
-    if kid_measured():
-        m = re.fullmatch(r"(-?[0-9.]+) ± ([0-9.]+)", cell)
-        assert m and all(math.isfinite(float(v)) for v in m.groups()), cell
-    else:
-        assert cell == "n/a"
+    m = re.fullmatch(r"(-?[0-9.]+) ± ([0-9.]+)", cell)
+    assert m and all(math.isfinite(float(v)) for v in m.groups()), cell
 
 
 def table_row(stdout: str, name: str) -> list[str]:
@@ -138,7 +127,9 @@ def test_time_budget_run_selects_the_best_checkpoint_and_writes_the_report(tmp_p
     assert cells[6] == report["row"].strip("|").split("|")[6].strip()
     assert report["machine"]["nproc"] >= 1 and report["machine"]["torch"]
     assert any("-m dcgan_dist.train" in c for c in report["commands"]["train"])
-    assert len(report["commands"]["evaluate"]) == len(points) + 1
+    *selecting, finishing = report["commands"]["evaluate"]
+    assert len(selecting) == len(points) and all("--metrics fid " in c for c in selecting)  # FID alone
+    assert "--metrics fid,kid " in finishing
 
     # The evaluations are the run's metrics.jsonl lines, so report reads the best FID, and its --plot drew
     # the curve (an SVG document).
@@ -146,7 +137,7 @@ def test_time_budget_run_selects_the_best_checkpoint_and_writes_the_report(tmp_p
     assert [(m["kimg"], m["fid"]) for m in recorded if m["step"] == "selection"] == [(p["kimg"], p["fid"])
                                                                                       for p in points]
     assert all(m["source"] == "benchmarks.quality" for m in recorded)
-    assert [m["kimg"] for m in recorded if m["step"] == "final"] == ([best["kimg"]] if kid_measured() else [])
+    assert [m["kimg"] for m in recorded if m["step"] == "final"] == [best["kimg"]]
     row = summarize(run_dir, run_dir)
     assert (row["best_fid"], row["best_fid_kimg"]) == (best["fid"], best["kimg"])
     assert ET.parse(docs / "quickstart_curve.svg").getroot().tag == f"{SVG}svg"
@@ -279,8 +270,11 @@ def test_baseline_trains_the_radford_recipe_on_the_same_data_and_budget(tmp_path
     assert math.isfinite(ratio) and ratio == pytest.approx(fid_p / fid_b, abs=2e-3)
     comparison = read_json(docs / "quickstart.json")["baseline"]
     assert comparison["fid_ratio"] == pytest.approx(ratio, abs=1e-3)
-    if kid_measured():
-        assert comparison["kid"][0] and comparison["kid"][1] and math.isfinite(comparison["kid"][1]["mean"])
+    kid_p, kid_b = (k["mean"] for k in comparison["kid"])
+    assert math.isfinite(kid_p) and math.isfinite(kid_b)
+    if kid_b > 0:  # KID's unbiased estimate can be <= 0 for a tiny sample: then there is no ratio
+        assert comparison["kid_ratio"] == pytest.approx(kid_p / kid_b) and float(m.group(6)) == pytest.approx(
+            kid_p / kid_b, abs=2e-3)
     else:
         assert m.group(6) == "n/a" and comparison["kid_ratio"] is None
     rows = [line for line in (docs / "results.md").read_text().splitlines() if line.startswith("| quickstart")]

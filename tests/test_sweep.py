@@ -137,7 +137,8 @@ def fake_run(root: Path, name: str, *, index=None, params=None, status=None, spe
         (run / "stats.jsonl").write_text("".join(json.dumps({"kimg": i, "Speed/img_per_sec": s}) + "\n"
                                                  for i, s in enumerate(speeds)) + '{"kimg": 9, "Speed/im')
     if fids:
-        (run / "metrics.jsonl").write_text("".join(json.dumps({"kimg": k, "fid": f}) + "\n" for k, f in fids))
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"kimg": k, "fid": f, **(more[0] if more else {})}) + "\n"
+                                                   for k, f, *more in fids))
     return run
 
 
@@ -162,14 +163,33 @@ def test_report_has_one_row_per_run(tmp_path):
 
     text = report.table(rows)
     lines = text.splitlines()
-    assert lines[0].split() == ["#", "state", "kimg", "best", "FID", "img/s", "overrides"]
-    assert lines[1].split() == ["0", "complete", "10.000/10", "61.25", "@10", "105.0", "optim.g_lr=0.0001"]
-    assert lines[3].split() == ["2", "pending", "-/-", "-", "-", "optim.g_lr=0.0003"]
+    assert lines[0].split() == ["#", "state", "kimg", "best", "FID", "KID", "x1e3", "img/s", "overrides"]
+    assert lines[1].split() == ["0", "complete", "10.000/10", "61.25", "@10", "-", "105.0", "optim.g_lr=0.0001"]
+    assert lines[3].split() == ["2", "pending", "-/-", "-", "-", "-", "optim.g_lr=0.0003"]
     assert "b: losses became non-finite" in text
 
     out = subprocess.run([sys.executable, "-m", "dcgan_dist.report", str(root), "--json"], capture_output=True,
                          text=True, check=True).stdout
     assert [r["run"] for r in json.loads(out)] == ["a", "b", "c"]
+
+
+def test_report_shows_kid_and_precision_recall_at_the_best_fid(tmp_path):
+    root = tmp_path / "sweep"
+    fake_run(root, "a", index=0, status={"state": "complete", "kimg": 3, "total_kimg": 3}, fids=[
+        (1, 90.0, {"kid": {"mean": 1.5, "std": 0.25}, "precision": 0.5, "recall": 0.125}),
+        (2, 70.0, {"kid": {"mean": 2.75, "std": 0.5}, "precision": 0.625, "recall": 0.25}),  # best FID, not best KID
+        (3, 80.0, {"kid": None, "precision": None, "recall": None})])
+    fake_run(root, "b", index=1, status={"state": "complete", "kimg": 3, "total_kimg": 3},
+             fids=[(3, 60.0)])  # an older run: FID only
+    a, b = report.collect(root)
+    assert (a["best_fid"], a["kid"], a["precision"], a["recall"]) == (70.0, {"mean": 2.75, "std": 0.5}, 0.625, 0.25)
+    assert (b["best_fid"], b["kid"], b["precision"], b["recall"]) == (60.0, None, None, None)
+    lines = report.table([a, b]).splitlines()
+    assert lines[0].split() == ["#", "state", "kimg", "best", "FID", "KID", "x1e3", "P", "R", "img/s", "overrides"]
+    assert lines[1].split()[3:8] == ["70.00", "@2", "2.75±0.50", "0.625", "0.250"]
+    assert lines[2].split()[3:8] == ["60.00", "@3", "-", "-", "-"]
+    # without any precision/recall, no P and R columns
+    assert "P" not in report.table([b]).splitlines()[0].split()
 
 
 def test_report_of_one_run_and_of_nothing(tmp_path):

@@ -32,14 +32,15 @@ subprocesses, in this order:
    spacing and skips the calibration. The trainer's output goes to RUN/quality_train.log; the
    benchmark echoes its warnings and checkpoints, and prints a progress line every 30 s.
 2. Select: FID of the kept checkpoints from `--select-num` samples each (`accelerate launch ... -m
-   dcgan_dist.evaluate CKPT --num S --ref-num R`, same launch config): the learning curve, FID vs
-   kimg. Should a speed estimate have been off and more than N + 1 checkpoints been kept, N + 1 of
-   them are scored, spread evenly over the list, the first and the newest always included. The
-   evaluate CLI caches the reference statistics on disk: only the first evaluation computes them.
+   dcgan_dist.evaluate CKPT --num S --ref-num R --metrics fid`, same launch config): the learning
+   curve, FID vs kimg. Should a speed estimate have been off and more than N + 1 checkpoints been
+   kept, N + 1 of them are scored, spread evenly over the list, the first and the newest always
+   included. The evaluate CLI caches the reference statistics on disk: only the first evaluation
+   computes them.
 3. Final: FID and KID of the best checkpoint (lowest selection FID; the earliest on a tie) from
-   `--fid-num` samples (5,000-10,000 for reported numbers; when it equals --select-num the
-   selection's samples are used again). KID (x10^3, mean and std over subsets) needs an evaluate CLI
-   with `--metrics`; without it the final evaluation is FID alone and KID is reported as n/a.
+   `--fid-num` samples (5,000-10,000 for reported numbers; when it equals --select-num they are
+   the selection's samples again), `--metrics fid,kid`: KID x10^3 is the mean and std over the
+   evaluate CLI's subsets.
 4. Report: prints one Markdown row `| config | kimg | train wall time | img/s | best FID (N samples) |
    KID x10^3 | at kimg |`, records its evaluations in RUN/metrics.jsonl (the selection's FIDs and
    the final KID, marked "source": "benchmarks.quality"; a rerun replaces them), where the

@@ -23,7 +23,7 @@ from .. import quality
 from ..launcher import CPU_LAUNCH, REPO, child_env
 from . import baseline
 from .common import BenchError, Interrupted, say, write_json
-from .evaluate import Evaluator, best_of, final, final_metrics, select
+from .evaluate import Evaluator, best_of, final, select
 from .proc import stop_running
 from .report import TABLE_HEAD, write_report
 from .train import DEFAULT_KIMG, RECORD, Trainer, load_training
@@ -154,7 +154,7 @@ def subjects_of(args) -> list[Subject]:
 
 # ---- main ----------------------------------------------------------------------------------------
 
-def measure(args, subject: Subject, metrics: tuple[str, ...]) -> dict:
+def measure(args, subject: Subject) -> dict:
     """Steps 1-4 for one subject; returns its report."""
     subject.run_dir.mkdir(parents=True, exist_ok=True)
     given = " ".join([*args.overrides, *(["+ the Radford recipe (baseline.RADFORD)"] if subject.recipe else [])])
@@ -173,7 +173,7 @@ def measure(args, subject: Subject, metrics: tuple[str, ...]) -> dict:
     seconds["selection"] = time.monotonic() - t
 
     t = time.monotonic()  # 3. final: the best checkpoint's FID (and KID) from --fid-num samples
-    scores = final(evaluator, best, args.fid_num, metrics)
+    scores = final(evaluator, best, args.fid_num)
     seconds["final"] = time.monotonic() - t
 
     # 4. report; `seconds` is this invocation's time in each step
@@ -182,10 +182,7 @@ def measure(args, subject: Subject, metrics: tuple[str, ...]) -> dict:
 
 def run(args) -> int:
     subjects = subjects_of(args)
-    metrics = final_metrics()
-    if "kid" not in metrics:
-        say("the evaluate CLI has no --metrics: the final evaluation measures FID alone (KID n/a)")
-    reports = [measure(args, s, metrics) for s in subjects]
+    reports = [measure(args, s) for s in subjects]
     print("\n".join(TABLE_HEAD))
     print("\n".join(r["row"] for r in reports), flush=True)
     if args.baseline:

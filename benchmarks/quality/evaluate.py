@@ -1,30 +1,24 @@
 """Steps 2 and 3: FID of the kept checkpoints (the learning curve, which picks the best one) and
-FID and KID of the best checkpoint again with more samples, each through the evaluate CLI and
-cached in RUN/quality/ so that --reuse does not compute it twice."""
+FID and KID of the best checkpoint again with more samples, each through the evaluate CLI
+(`--metrics fid`, then `--metrics fid,kid`) and cached in RUN/quality/ so that --reuse does not
+compute it twice."""
 
 from __future__ import annotations
 
 import math
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
 from dcgan_dist import checkpoint, layout
 
-from ..launcher import child_env, launch_cmd
+from ..launcher import launch_cmd
 from .common import BenchError, fmt_duration, fmt_kimg, read_json, say, write_json
 from .proc import Child
 from .train import LOG as TRAIN_LOG
 
-
-def final_metrics() -> tuple[str, ...]:
-    """What the final evaluation measures: FID and KID when this checkout's evaluate CLI takes
-    `--metrics`, else FID alone (KID is then reported as n/a)."""
-    proc = subprocess.run([sys.executable, "-m", "dcgan_dist.evaluate", "--help"], capture_output=True, text=True,
-                          env=child_env(cpu=False))
-    return ("fid", "kid") if proc.returncode == 0 and "--metrics" in proc.stdout else ("fid",)
+SELECT_METRICS = ("fid",)  # the selection ranks by FID: no KID cost, no reference features kept
+FINAL_METRICS = ("fid", "kid")
 
 
 def kid_of(doc: dict) -> Optional[dict]:
@@ -59,7 +53,7 @@ class Evaluator:
         self.args, self.run = args, run
         self.dir = run / "quality"
 
-    def score(self, ckpt: Path, num: int, what: str, metrics: tuple[str, ...] = ("fid",)) -> dict:
+    def score(self, ckpt: Path, num: int, what: str, metrics: tuple[str, ...]) -> dict:
         """The metrics of one checkpoint (cached in RUN/quality/ by checkpoint, sample and reference counts;
         a cached result that lacks one of `metrics` is computed again)."""
         a = self.args
@@ -73,9 +67,7 @@ class Evaluator:
                 doc["cached"] = True
                 return doc
         args = ["-m", "dcgan_dist.evaluate", str(ckpt), "--num", str(num), "--ref-num", str(a.ref_num),
-                "--no-progress", "--out", str(out)]
-        if metrics != ("fid",):
-            args += ["--metrics", ",".join(metrics)]
+                "--metrics", ",".join(metrics), "--no-progress", "--out", str(out)]
         if a.inception:
             args += ["--inception", a.inception]
         cmd = launch_cmd(args, a.launch)
@@ -109,7 +101,7 @@ def select(evaluator: Evaluator, args, run_dir: Path) -> dict:
         + (f"; {len(skipped)} of the {len(kept)} kept skipped (more than --checkpoints + 1)" if skipped else ""))
     points = []
     for i, (kimg, ckpt) in enumerate(ckpts, 1):
-        doc = evaluator.score(ckpt, args.select_num, f"selection {i}/{len(ckpts)}")
+        doc = evaluator.score(ckpt, args.select_num, f"selection {i}/{len(ckpts)}", SELECT_METRICS)
         points.append({"kimg": kimg, "fid": doc["fid"], "checkpoint": str(ckpt), "num": doc.get("num"),
                        "ref_num": doc.get("ref_num"), "seconds": doc.get("wall_s"), "command": doc.get("command")})
         how = "cached" if doc["cached"] else fmt_duration(doc.get("wall_s") or 0)
@@ -123,12 +115,12 @@ def best_of(points: list[dict]) -> dict:
     return min(points, key=lambda p: p["fid"])
 
 
-def final(evaluator: Evaluator, best: dict, num: int, metrics: tuple[str, ...]) -> dict:
+def final(evaluator: Evaluator, best: dict, num: int) -> dict:
     """Step 3: the best checkpoint's FID (and KID) from `num` samples (the selection's samples again
     when num is the same)."""
-    say(f"final: {' and '.join(m.upper() for m in metrics)} of the best checkpoint (kimg {fmt_kimg(best['kimg'])}) "
+    say(f"final: FID and KID of the best checkpoint (kimg {fmt_kimg(best['kimg'])}) "
         f"from {num} samples")
-    doc = evaluator.score(Path(best["checkpoint"]), num, "final", metrics)
+    doc = evaluator.score(Path(best["checkpoint"]), num, "final", FINAL_METRICS)
     doc["kid"] = kid_of(doc)
     say(f"final: FID {doc['fid']:.3f}, KID x10^3 {fmt_kid(doc['kid'])} ({doc.get('num')} samples, ref "
         f"{doc.get('ref_num')} images, world size {doc.get('world_size')})")

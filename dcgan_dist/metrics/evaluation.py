@@ -1,10 +1,13 @@
-"""Collective evaluation: FID / IS of a generator, statistics of image sets, cached reference statistics.
+"""Collective evaluation: FID / IS / KID / precision-recall of a generator, statistics of image sets.
 
 Every function taking an `accelerator` is collective: all ranks call it with the same arguments.
 Each rank generates or reads its contiguous share of the samples, accumulates float64 statistics,
 and the ranks add them up in one all-reduce. Rank zero alone then computes the Frechet distance
 (one 2048 x 2048 eigendecomposition, ~3 s on CPU) and broadcasts the numbers, so every rank
-returns the same result. `accelerator=None` means one process.
+returns the same result. When KID or precision/recall is asked for, each rank also keeps its
+share's features, and `suite.feature_metrics` gathers them and splits that work over the ranks.
+The reference set's statistics and features are cached by `reference.py`. `accelerator=None`
+means one process.
 
 Generated samples are a pure function of (seed, sample index): sample i's latent comes from its
 own seeded generator, so the N samples (and the FID) are the same on any world size and batch size,
@@ -14,16 +17,11 @@ ranks never share a sample, and exactly N are made even when N does not divide b
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,11 +31,14 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from .fid import FeatureStats, fid_from_stats, inception_score
-from .inception import InceptionExtractor, publish
+from .inception import InceptionExtractor
 from .inception_net import FEATURE_DIM, NUM_CLASSES
-from ..data import locate
+from .suite import FID_ONLY, MetricSpec, feature_metrics
 from ..data.images import to_uint8
-from ..data.imagesets import ImageSet, count_images, describe, iter_range, open_image_set
+from ..data.imagesets import ImageSet, count_images, iter_range, open_image_set
+
+if TYPE_CHECKING:
+    from .reference import RefStats
 
 log = logging.getLogger("dcgan_dist.metrics")
 
@@ -47,7 +48,6 @@ class EvaluationError(UserError, ValueError):
 
 
 LATENT_STREAM = 0x46494400  # "FID\0": keeps evaluation latents apart from every training seed stream
-REF_FORMAT = "dcgan-dist-fid-ref/1"
 
 
 def _world(accelerator) -> tuple[int, int, torch.device]:
@@ -72,7 +72,8 @@ def _broadcast_floats(accelerator, values: list[Optional[float]]) -> list[Option
     return [None if math.isnan(v) else v for v in t.tolist()]
 
 
-def _broadcast_flag(accelerator, flag: bool) -> bool:
+def broadcast_flag(accelerator, flag: bool) -> bool:
+    """Rank zero's yes/no on every rank."""
     return bool(_broadcast_floats(accelerator, [1.0 if flag else 0.0])[0])
 
 
@@ -131,8 +132,9 @@ def rank0_buffers(accelerator, model: torch.nn.Module):
 @torch.no_grad()
 def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_dim: int, seed: int,
                     extractor: InceptionExtractor, with_is: bool = False, progress: bool = True,
-                    class_probs: Optional[Sequence[float]] = None) -> FeatureStats:
+                    class_probs: Optional[Sequence[float]] = None, keep_features: bool = False) -> FeatureStats:
     """Collective: statistics of `num` samples of G, reduced over all ranks. `batch` is per rank.
+    `keep_features`: also keep this rank's features (its share, in sample order) for KID / PR.
 
     G runs as the checkpoint would: in eval mode (BatchNorm uses running statistics, as the sample
     grids do), with rank zero's buffers on every rank, in full precision (accelerate's autocast
@@ -144,7 +146,8 @@ def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_
     forward = getattr(model, "_original_forward", None) or model.forward  # accelerate keeps the fp32 one here
     param = next(model.parameters())  # latents go in G's device and dtype (bf16 under DeepSpeed mixed precision)
     g_device, g_dtype = param.device, param.dtype
-    stats = FeatureStats(FEATURE_DIM, num_classes=NUM_CLASSES if with_is else None, total=num, device=device)
+    stats = FeatureStats(FEATURE_DIM, num_classes=NUM_CLASSES if with_is else None, total=num, device=device,
+                         keep_features=keep_features)
     start, stop = rank_range(num, rank, world)
     n_cls = getattr(model, "num_classes", 0)
     labels = None
@@ -169,16 +172,19 @@ def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_
 
 
 def image_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[int] = None, batch: int = 64,
-                extractor: InceptionExtractor, with_is: bool = False, progress: bool = True) -> FeatureStats:
+                extractor: InceptionExtractor, with_is: bool = False, progress: bool = True,
+                keep_features: bool = False) -> FeatureStats:
     """Collective: statistics of the first `num` images (all when None) of an image set, each rank
-    reading its own contiguous range, reduced over all ranks."""
+    reading its own contiguous range, reduced over all ranks (with `keep_features`, each rank also
+    keeps its range's features)."""
     rank, world, device = _world(accelerator)
     src = open_image_set(source) if isinstance(source, str) else source
     available = count_images(src, quiet=rank != 0)
     total = available if num is None else min(num, available)
     if num is not None and num > available and rank == 0:
         log.warning("%s holds %d images, fewer than the %d asked for: using all of them", src.spec, available, num)
-    stats = FeatureStats(FEATURE_DIM, num_classes=NUM_CLASSES if with_is else None, total=max(total, 1), device=device)
+    stats = FeatureStats(FEATURE_DIM, num_classes=NUM_CLASSES if with_is else None, total=max(total, 1), device=device,
+                         keep_features=keep_features)
     start, stop = rank_range(total, rank, world)
     pending, first = [], start
     with _progress(stop - start, f"FID: {Path(src.spec).name} (rank 0 of {world})", progress and rank == 0) as bar:
@@ -192,14 +198,17 @@ def image_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[int]
     return stats.all_reduce() if _distributed(accelerator) else stats
 
 
-def summarize(accelerator, stats: FeatureStats, ref: Optional["RefStats"], want_is: bool) -> dict:
-    """Collective: rank zero computes FID (against `ref`) and IS; every rank returns the same dict."""
+def summarize(accelerator, stats: FeatureStats, ref: Optional["RefStats"], want_is: bool,
+              metrics: MetricSpec = FID_ONLY) -> dict:
+    """Collective: rank zero computes FID (against `ref`) and IS, all ranks together KID and
+    precision/recall as `metrics` asks (`stats` then holds each rank's features, `ref` the whole
+    reference set's); every rank returns the same dict."""
     rank = _world(accelerator)[0]
     fid = is_mean = is_std = None
     error = None
     if rank == 0:
         try:
-            if ref is not None:
+            if ref is not None and "fid" in metrics:
                 fid = fid_from_stats(stats, ref.mu, ref.sigma)
             if want_is:
                 is_mean, is_std = inception_score(stats)
@@ -208,7 +217,9 @@ def summarize(accelerator, stats: FeatureStats, ref: Optional["RefStats"], want_
     fid, is_mean, is_std, failed = _broadcast_floats(accelerator, [fid, is_mean, is_std, 1.0 if error else None])
     if failed:
         raise error if error is not None else ValueError("FID/IS failed on rank 0 (its log says why)")
-    return {"fid": fid, "is_mean": is_mean, "is_std": is_std, "num": stats.n}
+    local = stats.features() if metrics.features else None
+    return {"fid": fid, **feature_metrics(accelerator, ref.features if ref is not None else None, local, metrics),
+            "is_mean": is_mean, "is_std": is_std, "num": stats.n, "metrics": list(metrics.names)}
 
 
 def resolve_inception_score(extractor: InceptionExtractor, inception_score: Optional[bool]) -> bool:
@@ -222,128 +233,19 @@ def resolve_inception_score(extractor: InceptionExtractor, inception_score: Opti
 def evaluate_generator(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_dim: int, seed: int,
                        extractor: InceptionExtractor, ref_stats: Optional["RefStats"],
                        inception_score: Optional[bool] = None, progress: bool = True,
-                       class_probs: Optional[Sequence[float]] = None) -> dict:
-    """Collective: FID of `num` samples of G against `ref_stats` (None: no FID) and IS.
+                       class_probs: Optional[Sequence[float]] = None, metrics: MetricSpec = FID_ONLY) -> dict:
+    """Collective: the `metrics` (FID, KID, precision/recall) of `num` samples of G against `ref_stats`
+    (None: no FID; KID and PR need its `features`) and IS.
 
     `inception_score`: None computes IS when the weights have logits, True requires it (error
-    otherwise), False skips it. Returns {fid, is_mean, is_std, num, seconds} on every rank (None
-    for what was not computed). G's train/eval mode is restored afterwards.
+    otherwise), False skips it. Returns {fid, kid, precision, recall, is_mean, is_std, num, metrics,
+    seconds} (and kid_subsets, kid_subset_size with KID) on every rank, None for what was not
+    computed. G's train/eval mode is restored afterwards.
     """
     t0 = time.time()
     want_is = resolve_inception_score(extractor, inception_score)
     stats = generator_stats(accelerator, G, num=num, batch=batch, z_dim=z_dim, seed=seed, extractor=extractor,
-                            with_is=want_is, progress=progress, class_probs=class_probs)
-    result = summarize(accelerator, stats, ref_stats, want_is)
+                            with_is=want_is, progress=progress, class_probs=class_probs, keep_features=metrics.features)
+    result = summarize(accelerator, stats, ref_stats, want_is, metrics)
     result["seconds"] = time.time() - t0
     return result
-
-
-# ---- reference statistics, cached on disk --------------------------------------------------------
-
-@dataclass
-class RefStats:
-    """Mean and covariance of a reference image set. `mu`/`sigma` are held by rank zero only (the
-    rank that computes FID); the other ranks keep the key and count."""
-
-    count: int
-    key: dict
-    mu: Optional[Tensor] = None
-    sigma: Optional[Tensor] = None
-    path: Optional[Path] = None
-    cached: bool = field(default=False)
-
-
-def reference_key(source: ImageSet, num: int, extractor: InceptionExtractor) -> Optional[dict]:
-    """Everything the statistics depend on; None when the set has no content hash (not cacheable)."""
-    if source.content_sha256 is None:
-        return None
-    idx = source.index
-    return {"format": REF_FORMAT, "content_sha256": source.content_sha256, "resolution": idx.resolution,
-            "channels": idx.channels, "extractor": extractor.identity, "num": num}
-
-
-def cache_path(cache_dir: Path, key: dict, name: str) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"{name}-{key['resolution']}px-n{key['num']}-{digest}.npz"
-
-
-def save_stats(path: Path, mu: Tensor, sigma: Tensor, count: int, key: Optional[dict]) -> Path:
-    """Write mean/covariance (pytorch-fid's `mu`/`sigma` npz keys) atomically: temp file + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu.numpy(), sigma=sigma.numpy(), count=np.int64(count), key=json.dumps(key or {}))
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def load_stats(path: Union[str, Path], key: Optional[dict] = None) -> Optional[RefStats]:
-    """Statistics from an npz with `mu` and `sigma` (ours or pytorch-fid's). With `key`, None unless
-    the stored key matches (a stale or foreign file is recomputed, never trusted)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            stored = json.loads(str(z["key"])) if "key" in z.files else {}
-            if key is not None and stored != key:
-                return None
-            mu, sigma = torch.from_numpy(z["mu"].astype(np.float64)), torch.from_numpy(z["sigma"].astype(np.float64))
-            count = int(z["count"]) if "count" in z.files else -1
-    except (OSError, ValueError, KeyError) as e:
-        if key is not None:
-            log.warning("ignoring unreadable reference statistics %s (%s); recomputing", path, e)
-            return None
-        raise EvaluationError(f"{path}: not a statistics file with 'mu' and 'sigma' arrays ({e})") from None
-    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
-        raise EvaluationError(f"{path}: expected mu (2048,) and sigma (2048, 2048), "
-                         f"got {tuple(mu.shape)} {tuple(sigma.shape)}")
-    return RefStats(count=count, key=stored, mu=mu, sigma=sigma, path=Path(path), cached=True)
-
-
-def reference_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[int] = None,
-                    extractor: InceptionExtractor, cache_dir: Optional[Union[str, Path]] = None, batch: int = 64,
-                    progress: bool = True) -> RefStats:
-    """Collective: the reference statistics of the first `num` images (all when None) of a shard set.
-
-    Cached in `cache_dir` (default $DCGAN_DIST_CACHE/fid) under a key of the data set's content hash
-    (dataset.json), resolution, extractor identity (weights sha256, preprocessing) and sample count.
-    Rank zero decides hit or miss and tells the others, so ranks on nodes without a shared file
-    system still agree; on a miss all ranks compute and rank zero writes the file atomically.
-    """
-    rank = _world(accelerator)[0]
-    src = open_image_set(source) if isinstance(source, str) else source
-    available = count_images(src, quiet=rank != 0)
-    n = available if num is None else min(num, available)
-    if n < 2:  # decided on every rank alike, before any collective
-        raise EvaluationError(f"{src.spec}: reference statistics need at least 2 images, got {n}")
-    key = reference_key(src, n, extractor)
-    path = cache_path(Path(cache_dir or locate.cache_dir("fid")), key, src.index.name) if key else None
-    hit = None
-    if rank == 0 and path is not None and path.is_file():
-        try:
-            hit = load_stats(path, key)
-        except ValueError as e:  # wrong shapes under the right key: recompute (rank zero must not fail alone)
-            log.warning("ignoring %s (%s); recomputing", path, e)
-    if _broadcast_flag(accelerator, hit is not None):
-        if hit is not None:
-            log.info("FID reference statistics of %s: cached %s", describe(src), path)
-        return hit if hit is not None else RefStats(count=n, key=key or {}, path=path, cached=True)
-    if key is None:
-        log.info("FID reference statistics of %s are not cached: no dataset.json content hash", describe(src))
-    t0 = time.time()
-    stats = image_stats(accelerator, src, num=n, batch=batch, extractor=extractor, progress=progress)
-    ref = RefStats(count=stats.n, key=key or {}, path=path)
-    if rank == 0:
-        ref.mu, ref.sigma = stats.mean_cov()
-        if path is not None:
-            try:
-                save_stats(path, ref.mu, ref.sigma, stats.n, key)
-            except OSError as e:  # a cache is an optimisation: warn, and do not leave rank zero failing alone
-                log.warning("could not write the FID reference cache %s (%s); it will be recomputed next time",
-                            path, e)
-                ref.path = None
-        log.info("FID reference statistics of %d images of %s in %.1f s%s", stats.n, describe(src),
-                 time.time() - t0, f" -> {path}" if path else "")
-    return ref

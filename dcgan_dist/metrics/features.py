@@ -120,6 +120,23 @@ def gather_features(accelerator, local: Tensor) -> Tensor:
     return out[:offset]
 
 
+def broadcast_rows(accelerator, t: Optional[Tensor], shape: tuple[int, ...],
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """Collective: rank zero's `t` (of `shape` and `dtype`; the other ranks pass None) on every rank,
+    on `accelerator.device`; `t` itself when nothing is to be communicated. For what only rank zero
+    read (a cache file on a disk the other nodes may not see); every rank must know `shape`."""
+    if not distributed(accelerator):
+        if t is None:
+            raise ValueError("broadcast_rows: one process and no tensor")
+        return t
+    out = t.to(accelerator.device, dtype).contiguous() if t is not None else torch.empty(
+        shape, dtype=dtype, device=accelerator.device)
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"broadcast_rows: rank zero's tensor is {tuple(out.shape)}, the ranks expect {shape}")
+    dist.broadcast(out, src=0)
+    return out
+
+
 def all_reduce_sum(accelerator, t: Tensor) -> Tensor:
     """Collective: the sum over ranks of `t` (a new tensor on `accelerator.device`; `t` itself when
     nothing is to be communicated). For counts use an integer dtype: the sum is then exact."""

@@ -36,10 +36,12 @@ class FeatureStats:
 
     `total` (the number of samples of the whole set, all ranks together) is needed only for IS:
     sample `i` of the set belongs to split `i * splits // total`-style contiguous chunks.
+    `keep_features` also keeps this rank's features themselves (float32, in the order added), for the
+    metrics that need every sample (KID, precision/recall: see `suite.py`); off, nothing is kept.
     """
 
     def __init__(self, dim: int = 2048, *, num_classes: Optional[int] = None, total: Optional[int] = None,
-                 splits: int = IS_SPLITS, device: torch.device | str = "cpu"):
+                 splits: int = IS_SPLITS, device: torch.device | str = "cpu", keep_features: bool = False):
         if num_classes is not None and not total:
             raise ValueError("Inception Score statistics need `total`, the number of samples of the whole set")
         self.dim, self.num_classes, self.total, self.splits = dim, num_classes, total, splits
@@ -47,6 +49,7 @@ class FeatureStats:
         self.count = torch.zeros(1, **f64)
         self.sum = torch.zeros(dim, **f64)
         self.outer = torch.zeros(dim, dim, **f64)
+        self._kept: Optional[list[Tensor]] = [] if keep_features else None
         if num_classes is not None:
             self.split_count = torch.zeros(splits, **f64)
             self.split_prob = torch.zeros(splits, num_classes, **f64)
@@ -68,6 +71,8 @@ class FeatureStats:
         self.count += f.shape[0]
         self.sum += f.sum(0)
         self.outer.addmm_(f.T, f)
+        if self._kept is not None:
+            self._kept.append(features.detach().to(self.sum.device, torch.float32))
         if self.num_classes is None:
             return
         if logits is None:
@@ -79,6 +84,12 @@ class FeatureStats:
         self.split_count.index_add_(0, split, torch.ones_like(split, dtype=torch.float64))
         self.split_prob.index_add_(0, split, p)
         self.split_plogp.index_add_(0, split, (p * logp).sum(1))  # p = 0 gives 0 * finite = 0
+
+    def features(self) -> Tensor:
+        """This rank's kept features (N_rank x dim float32; never reduced over ranks)."""
+        if self._kept is None:
+            raise ValueError("these statistics were made without keep_features=True: no per-sample features")
+        return torch.cat(self._kept) if self._kept else torch.zeros(0, self.dim, device=self.sum.device)
 
     def flat(self) -> Tensor:
         """Everything in one float64 vector (the all-reduce buffer)."""

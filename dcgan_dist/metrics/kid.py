@@ -73,7 +73,8 @@ class KIDResult:
         return self.mean * scale, self.std * scale
 
     def as_dict(self, prefix: str = "kid") -> dict:
-        """Raw figures under plain keys, for a result dict like `evaluate_generator`'s."""
+        """Raw (unscaled) figures under flat keys. The evaluation results (evaluate CLI, metrics.jsonl)
+        carry `kid` = {"mean", "std"} x 10^3 instead: see `suite.feature_metrics`."""
         return {f"{prefix}_mean": self.mean, f"{prefix}_std": self.std, f"{prefix}_subsets": self.num_subsets,
                 f"{prefix}_subset_size": self.subset_size}
 

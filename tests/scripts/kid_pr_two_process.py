@@ -5,16 +5,28 @@ the single-process numbers on the full sets, exactly?
 Every rank builds the same full sets (`sets()`, also imported by the test), keeps a different,
 unequal share of each, gathers, and computes KID and PR with the accelerator; it also computes the
 single-process reference (accelerator=None) on the full sets. Prints one JSON line from rank zero.
+
+With arguments `REF_CACHE_DIR CLI_ARGS...` it then also checks the reference features' cache on 2
+ranks (a miss: each rank extracts its share, gathered; then a hit: rank zero reads, broadcast) and
+last runs `python -m dcgan_dist.evaluate CLI_ARGS...` (which ends the process group) with the
+stand-in extractor of tests/standins.py.
 """
 
 import json
+import sys
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
+from dcgan_dist.data.imagesets import iter_range, open_image_set
 from dcgan_dist.metrics.features import gather_features
 from dcgan_dist.metrics.kid import kid
 from dcgan_dist.metrics.precision_recall import knn_sq_radii, precision_recall
+from dcgan_dist.metrics.reference import reference_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the stand-in extractor
+import standins  # noqa: E402
 
 N_REAL, N_FAKE, DIM = 203, 150, 32
 KID_ARGS = dict(num_subsets=7, subset_size=60, seed=11)  # 7 subsets: an uneven split over 2 ranks
@@ -35,7 +47,18 @@ def reference():
     return kid(real, fake, **KID_ARGS), precision_recall(real, fake, **PR_ARGS)
 
 
-def main():
+def reference_features(acc, cache_dir: str) -> dict:
+    """reference_stats(features=True) twice on every rank: cached? equal to the stand-in's own features?"""
+    src = open_image_set("embedded:digits", 32, 1)
+    direct = standins.Float64Extractor()([torch.from_numpy(a) for a in iter_range(src, 0, 45)])[0].float()
+    refs = [reference_stats(acc, src, num=45, extractor=standins.Float64Extractor(), cache_dir=cache_dir, batch=8,
+                            progress=False, features=True) for _ in range(2)]
+    mine = torch.tensor([[int(r.cached) for r in refs] + [int(torch.equal(r.features, direct)) for r in refs]])
+    per_rank = acc.gather(mine).tolist()
+    return {"ref_cached": [row[:2] for row in per_rank], "ref_features_equal": [row[2:] for row in per_rank]}
+
+
+def main(argv):
     acc = Accelerator(cpu=True)
     rank, world = acc.process_index, acc.num_processes
     assert world == 2, f"expected 2 processes, got {world}"
@@ -54,6 +77,7 @@ def main():
     # every rank's numbers, to check that all ranks return the same
     mine_t = torch.tensor([[kid_dist.mean, kid_dist.std, pr_dist.precision, pr_dist.recall]], dtype=torch.float64)
     all_ranks = acc.gather(mine_t)
+    ref = reference_features(acc, argv[0]) if argv else {}
     if acc.is_main_process:
         print(json.dumps({
             "world_size": world,
@@ -70,9 +94,15 @@ def main():
                           "fakes_in_real": pr_one.fakes_in_real, "reals_in_fake": pr_one.reals_in_fake},
             "radii_max_rel_diff": ((radii_dist - radii_one).abs() / radii_one).max().item(),
             "ranks_agree": bool(torch.equal(all_ranks[0], all_ranks[1])),
+            **ref,
         }), flush=True)
     acc.wait_for_everyone()
+    if argv:
+        from dcgan_dist import evaluate
+
+        standins.install(setattr)
+        sys.exit(evaluate.main(argv[1:]))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
