@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-# The child processes' environment (env()) and the trainer under `accelerate launch` (launch_cmd),
-# shared with the benchmarks (CPU_LAUNCH: for the tests that launch scripts of their own); importable
-# through pyproject's `pythonpath = ["."]`.
-from benchmarks.launcher import CPU_LAUNCH, REPO, child_env as env, train_cmd as launch_cmd
+# The child processes' environment (env()), the trainer under `accelerate launch` with 2 CPU processes
+# (launch_cmd) and any script or module under it (launcher_cmd), shared with the benchmarks;
+# importable through pyproject's `pythonpath = ["."]`.
+from benchmarks.launcher import REPO, child_env as env, launch_cmd as launcher_cmd, train_cmd as launch_cmd
 
 SHARED = REPO.parent / "shared"
 

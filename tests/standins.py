@@ -1,5 +1,5 @@
 """A tiny, deterministic stand-in for the Inception extractor, shared by the in-process tests and the
-scripts launched with 2 processes (which put this folder on sys.path)."""
+scripts launched with 2 processes (whose PYTHONPATH holds this folder)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 
 import standins
-from conftest import CPU_LAUNCH, REPO, SHARED, TINY, env, evaluate_inproc, read_json, run_main, train_inproc
+from conftest import REPO, SHARED, TINY, env, evaluate_inproc, launcher_cmd, read_json, run_main, train_inproc
 
 from dcgan_dist import plot, report
 from dcgan_dist.data.errors import SourceError
@@ -47,8 +46,7 @@ def evaluate(args: list[str], capsys, check: bool = True) -> tuple[int, str, str
 
 def evaluate_launched(args: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
     """The CLI through the real `accelerate launch` with 2 CPU processes."""
-    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
-           "-m", "dcgan_dist.evaluate", *args]
+    cmd = launcher_cmd(["-m", "dcgan_dist.evaluate", *args])
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(f"evaluate exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n"

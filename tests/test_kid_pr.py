@@ -22,8 +22,7 @@ from dcgan_dist.metrics.precision_recall import (PRResult, count_inside, knn_sq_
                                                  sq_distances, sq_norms)
 
 import standins
-from benchmarks import launcher
-from conftest import REPO, TINY, env, evaluate_inproc, read_json, run_main, train_inproc
+from conftest import REPO, TINY, env, evaluate_inproc, launcher_cmd, read_json, run_main, train_inproc
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -418,7 +417,7 @@ def test_two_processes_gather_and_compute_the_single_process_numbers_exactly(tmp
     e["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), e["PYTHONPATH"]])
     args = [str(script), str(tmp_path / "ref2"), *cli, "--out", str(tmp_path / "two.json"),
             "--cache-dir", str(tmp_path / "cache2")]
-    proc = subprocess.run(launcher.launch_cmd(args), cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(launcher_cmd(args), cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert out["world_size"] == 2

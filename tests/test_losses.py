@@ -205,13 +205,10 @@ def ddp_gradient_penalty() -> dict:
     """One launch of tests/scripts/ddp_gradient_penalty.py with 2 CPU processes: its result per D norm."""
     import json
     import subprocess
-    import sys
-    from pathlib import Path
 
-    from conftest import CPU_LAUNCH, REPO, env
+    from conftest import REPO, env, launcher_cmd
 
-    proc = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
-                           str(REPO / "tests" / "scripts" / "ddp_gradient_penalty.py"), *GP_NORMS],
+    proc = subprocess.run(launcher_cmd([str(REPO / "tests" / "scripts" / "ddp_gradient_penalty.py"), *GP_NORMS]),
                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -31,7 +31,7 @@ from dcgan_dist.metrics.inception import (InceptionWeightsError, detect_format, 
                                           resolve_weights, to_network_input)
 from dcgan_dist.metrics.inception_net import FIDInceptionV3, from_torchscript_state
 
-from conftest import CPU_LAUNCH, REPO, SHARED, env, in_process
+from conftest import REPO, SHARED, env, in_process, launcher_cmd
 from standins import Float64Extractor
 
 TS_WEIGHTS = SHARED / "data" / "fid_inception" / "default_1.pt"
@@ -475,8 +475,7 @@ def test_two_processes_compute_the_statistics_of_one(tmp_path):
     embedded_shards("digits", 32, 1)  # written once here, not raced by the ranks
     with in_process():  # world size 1: this process
         _worker(str(tmp_path))
-    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(CPU_LAUNCH),
-           str(Path(__file__).resolve()), str(tmp_path)]
+    cmd = launcher_cmd([str(Path(__file__).resolve()), str(tmp_path)])
     proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"world size 2 failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     one, two = (torch.load(tmp_path / f"stats_w{w}.pt", weights_only=False) for w in (1, 2))

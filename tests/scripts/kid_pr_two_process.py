@@ -14,7 +14,6 @@ stand-in extractor of tests/standins.py.
 
 import json
 import sys
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -25,8 +24,7 @@ from dcgan_dist.metrics.kid import kid
 from dcgan_dist.metrics.precision_recall import knn_sq_radii, precision_recall
 from dcgan_dist.metrics.reference import reference_stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the stand-in extractor
-import standins  # noqa: E402
+import standins  # tests/standins.py: the test puts tests/ on PYTHONPATH
 
 N_REAL, N_FAKE, DIM = 203, 150, 32
 KID_ARGS = dict(num_subsets=7, subset_size=60, seed=11)  # 7 subsets: an uneven split over 2 ranks
