@@ -30,6 +30,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..errors import UserError
+from .features import distributed, share
+from .features import world as world_of
 from .fid import FeatureStats, fid_from_stats, inception_score
 from .inception import InceptionExtractor
 from .inception_net import FEATURE_DIM, NUM_CLASSES
@@ -50,24 +52,15 @@ class EvaluationError(UserError, ValueError):
 LATENT_STREAM = 0x46494400  # "FID\0": keeps evaluation latents apart from every training seed stream
 
 
-def _world(accelerator) -> tuple[int, int, torch.device]:
-    if accelerator is None:
-        return 0, 1, torch.device("cpu")
-    return accelerator.process_index, accelerator.num_processes, accelerator.device
-
-
-def _distributed(accelerator) -> bool:
-    """Whether to communicate: only with an accelerator of several processes (accelerator=None is
-    a purely local computation, even inside a distributed job)."""
-    return (accelerator is not None and accelerator.num_processes > 1 and dist.is_available()
-            and dist.is_initialized())
+def _device(accelerator) -> torch.device:
+    return accelerator.device if accelerator is not None else torch.device("cpu")
 
 
 def _broadcast_floats(accelerator, values: list[Optional[float]]) -> list[Optional[float]]:
     """Rank zero's numbers on every rank (None travels as NaN). A few bytes; NCCL needs a device tensor."""
-    device = accelerator.device if accelerator is not None else "cpu"
-    t = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64, device=device)
-    if _distributed(accelerator):
+    t = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64,
+                     device=_device(accelerator))
+    if distributed(accelerator):
         dist.broadcast(t, src=0)
     return [None if math.isnan(v) else v for v in t.tolist()]
 
@@ -75,11 +68,6 @@ def _broadcast_floats(accelerator, values: list[Optional[float]]) -> list[Option
 def broadcast_flag(accelerator, flag: bool) -> bool:
     """Rank zero's yes/no on every rank."""
     return bool(_broadcast_floats(accelerator, [1.0 if flag else 0.0])[0])
-
-
-def rank_range(total: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous share [start, stop) of `total` items that `rank` handles; sizes differ by <= 1."""
-    return total * rank // world_size, total * (rank + 1) // world_size
 
 
 def latents(seed: int, start: int, stop: int, z_dim: int) -> Tensor:
@@ -112,7 +100,7 @@ def rank0_buffers(accelerator, model: torch.nn.Module):
     broadcast) and checkpoints hold rank zero's, so this makes the samples those of the checkpoint.
     One broadcast of the packed buffers (a few KB for DCGAN)."""
     buffers = list(model.buffers())
-    if not _distributed(accelerator) or not buffers:
+    if not distributed(accelerator) or not buffers:
         yield
         return
     saved = [b.detach().clone() for b in buffers]
@@ -141,14 +129,14 @@ def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_
     wrapper is bypassed), so the number equals `python -m dcgan_dist.evaluate` on that checkpoint.
     A conditional G gets labels drawn from `class_probs` (default: uniform over its classes).
     """
-    rank, world, device = _world(accelerator)
+    (rank, world), device = world_of(accelerator), _device(accelerator)
     model = accelerator.unwrap_model(G) if accelerator is not None else G
     forward = getattr(model, "_original_forward", None) or model.forward  # accelerate keeps the fp32 one here
     param = next(model.parameters())  # latents go in G's device and dtype (bf16 under DeepSpeed mixed precision)
     g_device, g_dtype = param.device, param.dtype
     stats = FeatureStats(FEATURE_DIM, num_classes=NUM_CLASSES if with_is else None, total=num, device=device,
                          keep_features=keep_features)
-    start, stop = rank_range(num, rank, world)
+    start, stop = share(num, rank, world)
     n_cls = getattr(model, "num_classes", 0)
     labels = None
     if n_cls:
@@ -168,7 +156,7 @@ def generator_stats(accelerator, G: torch.nn.Module, *, num: int, batch: int, z_
                 bar.update(hi - lo)
     finally:
         model.train(was_training)
-    return stats.all_reduce() if _distributed(accelerator) else stats
+    return stats.all_reduce() if distributed(accelerator) else stats
 
 
 def image_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[int] = None, batch: int = 64,
@@ -177,7 +165,7 @@ def image_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[int]
     """Collective: statistics of the first `num` images (all when None) of an image set, each rank
     reading its own contiguous range, reduced over all ranks (with `keep_features`, each rank also
     keeps its range's features)."""
-    rank, world, device = _world(accelerator)
+    (rank, world), device = world_of(accelerator), _device(accelerator)
     src = open_image_set(source) if isinstance(source, str) else source
     available = count_images(src, quiet=rank != 0)
     total = available if num is None else min(num, available)
@@ -185,7 +173,7 @@ def image_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[int]
         log.warning("%s holds %d images, fewer than the %d asked for: using all of them", src.spec, available, num)
     stats = FeatureStats(FEATURE_DIM, num_classes=NUM_CLASSES if with_is else None, total=max(total, 1), device=device,
                          keep_features=keep_features)
-    start, stop = rank_range(total, rank, world)
+    start, stop = share(total, rank, world)
     pending, first = [], start
     with _progress(stop - start, f"FID: {Path(src.spec).name} (rank 0 of {world})", progress and rank == 0) as bar:
         for i, image in enumerate(iter_range(src, start, stop), start):
@@ -195,7 +183,7 @@ def image_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[int]
                 stats.add(feats, logits, first_index=first)
                 bar.update(len(pending))
                 pending, first = [], i + 1
-    return stats.all_reduce() if _distributed(accelerator) else stats
+    return stats.all_reduce() if distributed(accelerator) else stats
 
 
 def summarize(accelerator, stats: FeatureStats, ref: Optional["RefStats"], want_is: bool,
@@ -203,7 +191,7 @@ def summarize(accelerator, stats: FeatureStats, ref: Optional["RefStats"], want_
     """Collective: rank zero computes FID (against `ref`) and IS, all ranks together KID and
     precision/recall as `metrics` asks (`stats` then holds each rank's features, `ref` the whole
     reference set's); every rank returns the same dict."""
-    rank = _world(accelerator)[0]
+    rank = world_of(accelerator)[0]
     fid = is_mean = is_std = None
     error = None
     if rank == 0:

@@ -52,7 +52,7 @@ def distributed(accelerator) -> bool:
 
 def share(total: int, rank: int, world_size: int) -> tuple[int, int]:
     """The contiguous share [start, stop) of `total` items that `rank` handles; sizes differ by <= 1
-    (the split `sources.rank_range` uses for images)."""
+    (generated samples and real images are split the same way)."""
     return total * rank // world_size, total * (rank + 1) // world_size
 
 
