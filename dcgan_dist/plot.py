@@ -16,13 +16,14 @@ matplotlib is imported inside `figure` and `save`: `report` without --plot does 
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
 from .layout import METRICS, STATS
-from .report import number, read_jsonl
+from .report import label, number, read_jsonl
 
 FORMATS = (".png", ".svg")
 DPI = 100
@@ -144,6 +145,12 @@ def _draw(ax, panel: Panel, rows: list[dict], records: list[dict], colours: list
     ax.legend(handles=handles, fontsize="small")
 
 
+def _wrap(name: str, width: int = 110) -> str:
+    """A run's label (report.label: its sweep overrides) on lines of at most about `width`
+    characters, broken between overrides, so that a long label stays inside the figure."""
+    return textwrap.fill(name, width, break_long_words=False, break_on_hyphens=False)
+
+
 def figure(rows: list[dict], title: str):
     """The matplotlib Figure of `rows` (report.collect's, in its order): six panels, one colour per run."""
     from matplotlib.figure import Figure
@@ -151,8 +158,10 @@ def figure(rows: list[dict], title: str):
 
     records = [{name: list(read_jsonl(Path(r["run_dir"]) / name)) for name in (STATS, METRICS)} for r in rows]
     colours = run_colours(len(rows))
-    legend_cols = 1 if len(rows) == 1 else 2 if max(len(r["run"]) for r in rows) > 40 else 3
-    legend_rows = -(-len(rows) // legend_cols)
+    names = [_wrap(label(r)) for r in rows]
+    longest = max(len(line) for n in names for line in n.splitlines())
+    legend_cols = 1 if len(rows) == 1 or longest > 70 else 2 if longest > 40 else 3
+    legend_rows = sum(n.count("\n") + 1 for n in names) // legend_cols + 1
     fig = Figure(figsize=(12, 10 + 0.25 * legend_rows), dpi=DPI, layout="constrained")
     axes = fig.subplots(3, 2, sharex=True).ravel()
     for ax, panel in zip(axes, PANELS):
@@ -160,7 +169,7 @@ def figure(rows: list[dict], title: str):
     for ax in axes[-2:]:
         ax.set_xlabel("kimg")
         ax.xaxis.set_tick_params(labelbottom=True)
-    fig.legend(handles=[Line2D([], [], color=c, lw=2.5, label=r["run"]) for r, c in zip(rows, colours)],
+    fig.legend(handles=[Line2D([], [], color=c, lw=2.5, label=n) for n, c in zip(names, colours)],
                loc="outside lower center", ncols=legend_cols, fontsize="small", frameon=False)
     fig.suptitle(f"{title} — {len(rows)} run{'' if len(rows) == 1 else 's'}")
     return fig

@@ -106,6 +106,11 @@ def summarize(run: Path, root: Path) -> dict:
     }
 
 
+def label(row: dict) -> str:
+    """What names a run to a reader: its sweep overrides, else its directory."""
+    return " ".join(row["overrides"]) or row["run"]
+
+
 def collect(root: Path) -> list[dict]:
     rows = [summarize(run, root) for run in find_runs(root)]
     return sorted(rows, key=lambda r: (r["index"] is None, r["index"] if r["index"] is not None else 0, r["run"]))
@@ -130,7 +135,7 @@ def table(rows: list[dict]) -> str:
         _kid(r["kid"]),
         *((_fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")) if with_pr else ()),
         _fmt(r["img_per_sec"], ".1f"),
-        " ".join(r["overrides"]) or r["run"],
+        label(r),
     ) for r in rows]
     widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
     right = set(range(len(head) - 1)) - {1}  # every column but the state and the overrides
