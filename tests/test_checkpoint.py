@@ -54,6 +54,35 @@ def test_save_load_round_trip_and_rotation(tmp_path, accelerator):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_rotation_cut_short_never_leaves_a_checkpoint_that_looks_complete(tmp_path, accelerator, monkeypatch):
+    """A kill while rotation deletes the oldest checkpoint: what is left is hidden (not a complete
+    checkpoint with files missing, which resume and the integrity check would trip on) and the next
+    start-up removes it."""
+    from dcgan_dist.checkpoint import store
+
+    tiny_training(accelerator)
+    for nimg in (16, 32):
+        save(accelerator, tmp_path, nimg, keep=2)
+    real_rmtree = store.shutil.rmtree
+
+    def killed_part_way(path, ignore_errors=False):
+        path = Path(path)
+        if path.name.startswith(".old-") and path.is_dir():
+            (path / "optimizer_1.bin").unlink(missing_ok=True)  # one file gone, then the "kill"
+            raise KeyboardInterrupt
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(store.shutil, "rmtree", killed_part_way)
+    with pytest.raises(KeyboardInterrupt):
+        save(accelerator, tmp_path, 48, keep=2)
+    monkeypatch.setattr(store.shutil, "rmtree", real_rmtree)
+    ckpts = tmp_path / checkpoint.CKPT_DIR
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["000000.032", "000000.048"]
+    assert (ckpts / ".old-000000.016").is_dir()  # the interrupted deletion, out of sight
+    assert [p.name for p in store.clean_partial(tmp_path)] == [".old-000000.016"]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["000000.032", "000000.048"]
+
+
 def test_crash_mid_save_leaves_previous_checkpoint_intact(tmp_path, accelerator, monkeypatch):
     tiny_training(accelerator)
     good = save(accelerator, tmp_path, 16)

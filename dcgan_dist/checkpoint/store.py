@@ -56,6 +56,16 @@ def clean_partial(run_dir: str | os.PathLike) -> list[Path]:
     return stale
 
 
+def remove(checkpoint: Path) -> None:
+    """Delete a checkpoint so that a kill part-way never leaves a half-deleted one that still looks
+    complete (meta.json beside missing files): first renamed out of sight (one atomic rename; the
+    next start-up's clean_partial finishes a deletion that was cut short), then deleted."""
+    hidden = checkpoint.with_name(f".old-{checkpoint.name}")
+    shutil.rmtree(hidden, ignore_errors=True)  # a leftover of an earlier cut-short deletion
+    os.replace(checkpoint, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
 # torch.save reports a full disk as RuntimeError ("file write failed"), safetensors as its own error.
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
@@ -117,6 +127,7 @@ def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state
         _fsync_tree(tmp)
         if final.exists():  # saving the same kimg again (e.g. a stop right after a save): swap, then drop
             old = root / f".old-{final.name}"
+            shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -124,7 +135,7 @@ def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state
             os.replace(tmp, final)
         _fsync_dir(root)
         for stale in (complete_checkpoints(run_dir)[:-keep] if name is None else []):
-            shutil.rmtree(stale, ignore_errors=True)
+            remove(stale)
 
     phase(finish, only_main=True)
     return final
@@ -148,7 +159,7 @@ def ensure_space(root: Path, needed: int, make_room: bool) -> None:
         oldest = existing.pop(0)
         log.warning("checkpoint.make_room: deleting the oldest checkpoint %s to make room (%s free, the next "
                     "checkpoint needs about %s)", oldest, integrity.human(free), integrity.human(needed))
-        shutil.rmtree(oldest, ignore_errors=True)
+        remove(oldest)
         free = integrity.free_bytes(root)
     if free < needed:
         newest = existing[-1] if existing else "none"
