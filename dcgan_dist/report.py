@@ -74,9 +74,14 @@ def find_runs(root: Path) -> list[Path]:
 def summarize(run: Path, root: Path) -> dict:
     status = _json(run / STATUS) or {}
     record = _json(run / RECORD) or {}
-    evals = [m for m in read_jsonl(run / METRICS) if number(m.get("fid")) is not None]
+    records = list(read_jsonl(run / METRICS))
+    evals = [m for m in records if number(m.get("fid")) is not None]
     best = min(evals, key=lambda m: number(m["fid"])) if evals else {}  # the first of equal FIDs
-    kid = best.get("kid") if isinstance(best.get("kid"), dict) else {}
+    # KID of the best FID's evaluation; else of a later KID-only evaluation of that checkpoint (the quality
+    # benchmark scores its best checkpoint's KID with more samples than its FID curve).
+    later = [m["kid"] for m in records if best and isinstance(m.get("kid"), dict) and m.get("fid") is None
+             and m.get("kimg") == best.get("kimg")]
+    kid = best["kid"] if isinstance(best.get("kid"), dict) else later[-1] if later else {}
     ticks = list(read_jsonl(run / STATS))
     speeds = [s for t in ticks if (s := number(t.get("Speed/img_per_sec"))) and s > 0]
     # status.json moves at checkpoints, stats.jsonl every tick: a running run is as far as its last tick.

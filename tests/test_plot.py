@@ -172,3 +172,18 @@ def test_the_figure_of_a_real_training_run(tmp_path):
         assert list(ln.get_xdata()) == [t["kimg"] for t in ticks] == pytest.approx([0.032, 0.064, 0.096])
         assert list(ln.get_ydata()) == [t[key] for t in ticks], key
     assert texts(p["FID"]) == ["no FID evaluations (metrics.jsonl)"]
+
+
+def test_report_takes_kid_from_a_later_kid_only_evaluation_of_the_best_checkpoint(tmp_path):
+    """The quality benchmark records its FID curve, then the best checkpoint's KID alone (more samples):
+    the table's KID is that one, not one of another checkpoint."""
+    run = fake_run(tmp_path / "run", [(100, 90.0), (200, 70.0), (300, 80.0)], extra=False)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"kimg": 0.3, "kid": {"mean": 9.0, "std": 1.0}}) + "\n")  # not the best kimg
+        f.write(json.dumps({"kimg": 0.2, "kid": {"mean": 5.5, "std": 0.5}}) + "\n")
+    (row,) = report.collect(run)
+    assert row["best_fid"] == 70.0 and row["best_fid_kimg"] == 0.2
+    assert row["kid"] == {"mean": 5.5, "std": 0.5}
+    # A KID measured with the best FID itself wins.
+    run2 = fake_run(tmp_path / "run2", [(100, 90.0), (200, 70.0)], extra=True)
+    assert report.collect(run2)[0]["kid"] == {"mean": 7.0, "std": 0.7}
