@@ -8,7 +8,7 @@ reference statistics.
 
 A run directory means its newest complete checkpoint. The generator is rebuilt from the config
 stored in the checkpoint's meta.json and compared with its training data (`data.shards` of that
-config, or --data); reference statistics (and, for KID / precision-recall, features) are cached
+config, or --data); the reference set's statistics and features are cached
 (see --cache-dir). Numbers match torch-fidelity / StyleGAN's preprocessing (--preprocess
 pytorch-fid: pytorch-fid's); see dcgan_dist/metrics/inception.py. --metrics picks fid, kid, pr
 (default fid,kid). Results are printed and, with --out, written as JSON with keys `fid`, `kid`
@@ -143,9 +143,10 @@ def run_two_sets(args, accelerator, ctx: dict) -> dict:
 def run_precompute(args, accelerator, ctx: dict) -> dict:
     extractor = _extractor(args, accelerator, args.inception, "--inception", ctx)
     source = open_image_set(args.precompute, origin="--precompute")
+    # features=True whatever --metrics says: the entry written is complete, so any later metric hits it
     ref = reference.reference_stats(accelerator, source, num=args.num, extractor=extractor,
                                     cache_dir=args.cache_dir, batch=args.batch, progress=not args.no_progress,
-                                    features=args.spec.features)
+                                    features=True)
     ctx.update(mode="precompute", data=args.precompute, ref_cache=str(ref.path) if ref.path else None,
                ref_features=ref.features is not None)
     if ref.path is None:

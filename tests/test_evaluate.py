@@ -272,8 +272,13 @@ def test_reference_features_are_cached_and_an_fid_only_cache_is_completed(stand_
               "--kid-subset-size", "16", "--no-progress", "--cache-dir", str(cache)]
     _, _, err = evaluate(common + ["--metrics", "fid", "--out", str(tmp_path / "fid.json")], capsys)
     npz = Path(read_json(tmp_path / "fid.json")["ref_cache"])
-    with np.load(npz) as z:  # FID alone keeps no features: what an older version's cache holds too
-        assert "features" not in z.files
+    with np.load(npz) as z:  # FID alone stores the features too, so that a later KID evaluation hits the cache
+        assert z["features"].shape == (40, 2048) and z["features"].dtype == np.float32
+        arrays = {k: z[k] for k in z.files}
+    _, _, hit = evaluate(common + ["--metrics", "fid,kid", "--out", str(tmp_path / "hit.json")], capsys)
+    assert "statistics and features of" in hit and "cached" in hit
+    # An older version's cache entry held the statistics alone: KID/PR extract the set again and complete it.
+    np.savez(npz, **{k: v for k, v in arrays.items() if k != "features"})
     _, _, completed = evaluate(common + ["--metrics", "fid,kid,pr", "--out", str(tmp_path / "first.json")], capsys)
     assert "holds FID statistics but no features" in completed and "cached" not in completed
     with np.load(npz) as z:

@@ -3,14 +3,17 @@ per-sample features, cached on disk.
 
 One npz file per key (see `reference_key`), written atomically by rank zero: `mu`, `sigma` (float64,
 pytorch-fid's names, so the file also works as pytorch-fid statistics), `count`, `key` and, when
-KID or PR was asked for, `features` (N x 2048 float32). Float32 is what the extractor produces,
+`features` (N x 2048 float32). Float32 is what the extractor produces,
 so a cache hit gives bit-identical features and the same KID/PR as a fresh extraction; float16
 would halve the file (41 / 205 MB instead of 82 / 410 MB at 10k / 50k images) but round each
 feature by up to ~5e-4 relative, which moves points across the k-NN ball surfaces of precision/recall
-and makes cached and fresh numbers differ. An FID-only evaluation neither reads nor writes
-`features` (np.load reads only the arrays asked for), so it costs what it did before; a file without
-them (written by an FID-only evaluation, or by an older version) counts as a miss for KID/PR: the
-set is extracted again and the file rewritten with them.
+and makes cached and fresh numbers differ. Every extraction stores the features, even for an FID-only
+evaluation: extracting the reference set is the expensive part (minutes for a few thousand images on
+a CPU), keeping its features costs one gather and a larger file, and a later KID or PR evaluation of
+the same set (the quality benchmark selects by FID, then scores KID) then hits the cache. An FID-only
+evaluation does not read them (np.load reads only the arrays asked for). A file without them (from
+an older version) counts as a miss for KID/PR: the set is extracted again and the file rewritten
+with them.
 """
 
 from __future__ import annotations
@@ -170,16 +173,19 @@ def reference_stats(accelerator, source: Union[str, ImageSet], *, num: Optional[
     if key is None:
         log.info("FID reference statistics of %s are not cached: no dataset.json content hash", describe(src))
     t0 = time.time()
+    # Features are kept whenever the file will be written, so that it serves KID/PR later too.
+    keep = features or path is not None
     stats = image_stats(accelerator, src, num=n, batch=batch, extractor=extractor, progress=progress,
-                        keep_features=features)
+                        keep_features=keep)
     ref = RefStats(count=stats.n, key=key or {}, path=path)
+    gathered = gather_features(accelerator, stats.features()).cpu() if keep else None
     if features:
-        ref.features = gather_features(accelerator, stats.features()).cpu()
+        ref.features = gathered
     if rank == 0:
         ref.mu, ref.sigma = stats.mean_cov()
         if path is not None:
             try:
-                save_stats(path, ref.mu, ref.sigma, stats.n, key, ref.features)
+                save_stats(path, ref.mu, ref.sigma, stats.n, key, gathered)
             except OSError as e:  # a cache is an optimisation: warn, and do not leave rank zero failing alone
                 log.warning("could not write the FID reference cache %s (%s); it will be recomputed next time",
                             path, e)
