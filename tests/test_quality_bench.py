@@ -25,6 +25,7 @@ import yaml
 from PIL import Image
 
 from benchmarks.quality import baseline
+from benchmarks.quality.common import BenchError
 from benchmarks.quality.report import RESULTS_HEAD, record_evaluations, update_results
 from conftest import REPO, SHARED, TINY, env, read_json
 from dcgan_dist import config
@@ -65,6 +66,12 @@ def test_bad_invocations_are_refused_before_anything_runs(tmp_path):
     proc = bench(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(fresh), "--baseline"])
     assert proc.returncode == 1 and f"{fresh}_baseline already holds a run" in proc.stderr
     assert not fresh.exists()
+    # --baseline-only compares with the project's report in --docs, which must exist before anything trains.
+    other = tmp_path / "other"
+    proc = bench(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(other), "--baseline-only",
+                  "--docs", str(tmp_path / "docs")])
+    assert proc.returncode == 1 and f"{tmp_path / 'docs' / 'quickstart.json'}, which does not exist" in proc.stderr
+    assert not (tmp_path / "other_baseline").exists()
 
 
 def assert_kid_cell(cell: str) -> None:
@@ -218,6 +225,24 @@ def test_the_ratio_of_a_non_positive_baseline_kid_is_not_a_number():
     assert baseline.ratio_line(c).endswith("FID 20.00 / 40.00 = 0.500; KID x10^3 2.00 ± 0.10 / -0.10 ± 0.20 = n/a")
 
 
+def test_baseline_only_refuses_a_project_report_measured_otherwise(tmp_path):
+    path = tmp_path / "apple.json"
+    path.write_text(json.dumps({"config": "configs/apple64.yaml", "overrides": ["data.shards=data/apple64"],
+                                "train": {"minutes": 45.0, "target_kimg": 1e6}, "final": {"num": 5000}}))
+    args = dataclasses.make_dataclass("Args", ["config", "overrides", "minutes", "kimg", "fid_num"])
+    same = args("configs/apple64.yaml", ["data.shards=data/apple64"], 45.0, None, 5000)
+    assert baseline.project_report(path, same)["final"]["num"] == 5000
+    for field, value, what in (("minutes", 30.0, "--minutes 45.0"), ("fid_num", 1000, "--fid-num 5000"),
+                               ("overrides", [], "overrides ['data.shards=data/apple64']"),
+                               ("kimg", 100.0, "--kimg 1000000.0")):
+        with pytest.raises(BenchError, match=re.escape(f"{path} was measured with {what}")):
+            baseline.project_report(path, dataclasses.replace(same, **{field: value}))
+    proj = {"final": {"inception": {"sha256": "a"}, "ref_num": 4844}}
+    baseline.check_same_evaluation(path, proj, proj)
+    with pytest.raises(BenchError, match="reference images 4844, the baseline with 1000"):
+        baseline.check_same_evaluation(path, proj, {"final": {"inception": {"sha256": "a"}, "ref_num": 1000}})
+
+
 @needs_shared
 @pytest.mark.slow
 def test_baseline_trains_the_radford_recipe_on_the_same_data_and_budget(tmp_path):
@@ -286,3 +311,9 @@ def test_baseline_trains_the_radford_recipe_on_the_same_data_and_budget(tmp_path
     assert "training (" not in again.stdout and again.stdout.count("(cached)") == 2
     for name in ("quickstart", "quickstart_baseline"):
         assert table_row(again.stdout, name) == table_row(proc.stdout, name)
+    # --baseline-only: the project's side is its report, the baseline's is measured (here reused), same ratio.
+    only = bench([a for a in args if a != "--baseline"] + ["--baseline-only", "--reuse"])
+    assert only.returncode == 0, (only.stdout + only.stderr)[-4000:]
+    assert f"read from {docs / 'quickstart.json'}" in only.stdout and only.stdout.count("(cached)") == 1
+    assert table_row(only.stdout, "quickstart") == table_row(proc.stdout, "quickstart")
+    assert re.search(r"^quickstart / quickstart_baseline .*$", only.stdout, re.M).group(0) == m.group(0)

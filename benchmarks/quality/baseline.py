@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from .common import BenchError, read_json
 from .evaluate import fmt_kid
 
 SUFFIX = "_baseline"  # of its name (docs files, results row) and of its run directory
@@ -81,6 +82,40 @@ def comparison(project: dict, base: dict) -> dict:
     return {"project": project["name"], "baseline": base["name"], "fid": [pf["fid"], bf["fid"]],
             "kid": [pf.get("kid"), bf.get("kid")], "fid_ratio": _ratio(pf["fid"], bf["fid"]),
             "kid_ratio": _ratio(pk, bk)}
+
+
+def project_report(path: Path, args) -> dict:
+    """--baseline-only: the project's report written earlier (docs/NAME.json), refused unless it was
+    measured with this invocation's config, overrides, budget and final sample count, so the ratio
+    compares the recipes alone (e.g. the two sides run on two machines at once, or a baseline side
+    run again after an interruption). The Inception weights and reference set are checked by
+    check_same_evaluation once the baseline is scored."""
+    if not path.is_file():
+        raise BenchError(f"--baseline-only compares with the project's report {path}, which does not exist: run "
+                         "the benchmark without --baseline-only first (same config, overrides, --name and --docs)")
+    report = read_json(path)
+    train = report.get("train", {})
+    want = {"config": (report.get("config"), args.config),
+            "overrides": (report.get("overrides"), list(args.overrides)),
+            "--minutes": (train.get("minutes"), args.minutes),
+            "--fid-num": (report.get("final", {}).get("num"), args.fid_num)}
+    if args.kimg is not None:
+        want["--kimg"] = (train.get("target_kimg"), args.kimg)
+    for what, (then, now) in want.items():
+        if then != now:
+            raise BenchError(f"--baseline-only: {path} was measured with {what} {then!r}, this invocation has "
+                             f"{now!r}; rerun with the same settings, or drop --baseline-only to measure both sides")
+    return report
+
+
+def check_same_evaluation(path: Path, project: dict, base: dict) -> None:
+    """--baseline-only, after the baseline is scored: the same Inception weights and reference set."""
+    pf, bf = project["final"], base["final"]
+    for key, get in (("Inception weights (sha256)", lambda f: f.get("inception", {}).get("sha256")),
+                     ("reference images", lambda f: f.get("ref_num"))):
+        if get(pf) != get(bf):
+            raise BenchError(f"--baseline-only: {path} was scored with {key} {get(pf)!r}, the baseline with "
+                             f"{get(bf)!r}: no ratio (rerun with the same --inception and --ref-num)")
 
 
 def ratio_line(c: dict) -> str:

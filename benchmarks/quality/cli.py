@@ -67,6 +67,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--baseline", action="store_true",
                    help="also train and score the plain Radford DCGAN recipe on the same data, budget and "
                         "evaluation (NAME_baseline, in RUN_baseline), and print project / baseline FID and KID")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="train and score only the baseline and compare it with the project's report already in "
+                        "--docs (NAME.json, measured with the same config, overrides, budget and evaluation): "
+                        "the two sides on two machines at once, or a baseline side run again")
     p.add_argument("--select-num", type=int, default=1000, help="samples per checkpoint FID (default 1000)")
     p.add_argument("--fid-num", type=int, default=10_000, help="samples for the best checkpoint's FID (default 10000)")
     p.add_argument("--ref-num", type=int, default=10_000,
@@ -76,6 +80,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--docs", default="docs/quality", help="output folder for the report (default docs/quality)")
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines (default 30)")
     args = p.parse_intermixed_args(argv)  # overrides may come before, between or after the options
+    args.baseline = args.baseline or args.baseline_only
     if args.minutes is None and args.kimg is None:
         p.error("give --minutes (a time budget) and/or --kimg (an image count)")
     for flag in ("minutes", "kimg", "every_kimg"):
@@ -134,7 +139,8 @@ def subjects_of(args) -> list[Subject]:
     given = Path(args.run_dir).resolve() if args.run_dir else None
     if given:
         for d in [given, baseline.run_dir_of(given)] if args.baseline else [given]:
-            check_run_dir(d, args.reuse)
+            if not (args.baseline_only and d == given):  # the project's run is not used, only its report
+                check_run_dir(d, args.reuse)
     cfg = resolve_config(args.config, args.overrides)
     name = args.name or cfg["run"]["name"]
     if not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
@@ -147,7 +153,7 @@ def subjects_of(args) -> list[Subject]:
         subjects.append(Subject(baseline.name_of(name), args.config, over, baseline.run_dir_of(run_dir), base_cfg,
                                 baseline.recipe(cfg, base_cfg)))
     if not given:  # the default directories, known only now
-        for s in subjects:
+        for s in subjects[1:] if args.baseline_only else subjects:
             check_run_dir(s.run_dir, args.reuse)
     return subjects
 
@@ -182,7 +188,15 @@ def measure(args, subject: Subject) -> dict:
 
 def run(args) -> int:
     subjects = subjects_of(args)
-    reports = [measure(args, s) for s in subjects]
+    if args.baseline_only:
+        path = Path(args.docs).resolve() / f"{subjects[0].name}.json"
+        project = baseline.project_report(path, args)  # refused before the baseline trains
+        say(f"{subjects[0].name}: the project's side is read from {path} (--baseline-only)")
+        reports = [project, measure(args, subjects[1])]
+        baseline.check_same_evaluation(path, *reports)
+        project["files"]["json"] = str(path)  # the comparison goes into the report it was made with
+    else:
+        reports = [measure(args, s) for s in subjects]
     print("\n".join(TABLE_HEAD))
     print("\n".join(r["row"] for r in reports), flush=True)
     if args.baseline:
