@@ -8,8 +8,8 @@ with --baseline, the plain Radford DCGAN on the same data and budget beside it.
     python -m benchmarks.quality configs/quickstart.yaml --kimg 30 --fid-num 5000
     python -m benchmarks.quality configs/faces64.yaml --kimg 360 --baseline data.shards=data/faces64
     options: [--checkpoints 10] [--every-kimg E] [--launch launch/cpu.yaml] [--name NAME]
-             [--run-dir runs/quality/NAME] [--reuse] [--baseline] [--select-num 1000] [--fid-num 10000]
-             [--ref-num 10000] [--inception PATH] [--docs docs/quality] [--progress-every 30]
+             [--run-dir runs/quality/NAME] [--reuse] [--baseline | --baseline-only] [--select-num 1000]
+             [--fid-num 10000] [--ref-num 10000] [--inception PATH] [--docs docs/quality] [--progress-every 30]
 
 Run it from the repository root. Everything runs through the project's real command lines, as
 subprocesses, in this order:
@@ -66,6 +66,9 @@ and evaluation; so the two rows differ by the recipe alone. Under --minutes each
 wall time (a slower recipe sees fewer images); under --kimg the same images. The baseline is
 NAME_baseline (run directory RUN_baseline, its own docs files and results row), and a last line
 gives project / baseline for FID and KID (below 1: the project's recipe is better).
+--baseline-only trains and scores the baseline alone and compares it with the project's report
+already in --docs (NAME.json; refused unless measured with the same config, overrides, budget,
+--fid-num, Inception weights and reference set): the two sides on two machines, or a rerun of one.
 
 Cost on a 2-core CPU (Inception ~12 img/s): reference statistics of 10,000 real images ~14 min
 (once per data set and --ref-num, then cached), each 1,000-sample selection FID ~1.5-2 min,
