@@ -16,6 +16,7 @@ import json
 import math
 import operator
 import re
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -24,7 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from benchmarks.quality import baseline
+from benchmarks.quality import baseline, cli
 from benchmarks.quality.common import BenchError
 from benchmarks.quality.report import RESULTS_HEAD, record_evaluations, update_results
 from conftest import REPO, SHARED, TINY, env, read_json
@@ -44,33 +45,46 @@ def bench(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_bad_invocations_are_refused_before_anything_runs(tmp_path):
+def test_bad_invocations_are_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    # Once through the real command line (argparse's usage error, exit status 2) ...
     proc = bench(["configs/quickstart.yaml", *OVERRIDES])
     assert proc.returncode == 2 and "give --minutes" in proc.stderr
-    proc = bench(["configs/quickstart.yaml", "--kimg", "1", "run.dir=x"])
-    assert proc.returncode == 2 and "use --run-dir" in proc.stderr
-    proc = bench(["configs/quickstart.yaml", "--kimg", "1", "checkpoint.keep=3"])
-    assert proc.returncode == 2 and "checkpoint.keep cannot be overridden" in proc.stderr
+
+    # ... the rest in-process (main() is the command line's body; each refusal comes before anything runs).
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)  # main() would take over SIGTERM
+
+    def refused(args: list[str]) -> tuple[int, str]:
+        try:
+            code = cli.main(args)
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+
+    code, err = refused(["configs/quickstart.yaml", "--kimg", "1", "run.dir=x"])
+    assert code == 2 and "use --run-dir" in err
+    code, err = refused(["configs/quickstart.yaml", "--kimg", "1", "checkpoint.keep=3"])
+    assert code == 2 and "checkpoint.keep cannot be overridden" in err
     # A run directory that already holds a run is not trained into (nor deleted) without --reuse ...
     used = tmp_path / "used"
     (used / "checkpoints" / "000001.000").mkdir(parents=True)
-    proc = bench(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(used)])
-    assert proc.returncode == 1 and "already holds a run" in proc.stderr and "--reuse" in proc.stderr
+    code, err = refused(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(used)])
+    assert code == 1 and "already holds a run" in err and "--reuse" in err
     assert (used / "checkpoints" / "000001.000").is_dir()
     # ... and --reuse needs a training the benchmark finished.
-    proc = bench(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(used), "--reuse"])
-    assert proc.returncode == 1 and "quality_train.json" in proc.stderr
+    code, err = refused(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(used), "--reuse"])
+    assert code == 1 and "quality_train.json" in err
     # --baseline: its run directory RUN_baseline is checked as well, before anything trains.
     fresh = tmp_path / "fresh"
     (tmp_path / "fresh_baseline" / "checkpoints").mkdir(parents=True)
-    proc = bench(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(fresh), "--baseline"])
-    assert proc.returncode == 1 and f"{fresh}_baseline already holds a run" in proc.stderr
+    code, err = refused(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(fresh), "--baseline"])
+    assert code == 1 and f"{fresh}_baseline already holds a run" in err
     assert not fresh.exists()
     # --baseline-only compares with the project's report in --docs, which must exist before anything trains.
     other = tmp_path / "other"
-    proc = bench(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(other), "--baseline-only",
-                  "--docs", str(tmp_path / "docs")])
-    assert proc.returncode == 1 and f"{tmp_path / 'docs' / 'quickstart.json'}, which does not exist" in proc.stderr
+    code, err = refused(["configs/quickstart.yaml", "--kimg", "1", "--run-dir", str(other), "--baseline-only",
+                         "--docs", str(tmp_path / "docs")])
+    assert code == 1 and f"{tmp_path / 'docs' / 'quickstart.json'}, which does not exist" in err
     assert not (tmp_path / "other_baseline").exists()
 
 
