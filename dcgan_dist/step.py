@@ -49,6 +49,12 @@ def diversity(images: torch.Tensor) -> torch.Tensor:
 
 # train.compile's values (config.validate checks against this list).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The modes that capture CUDA graphs on a GPU. torch's CUDA-graph trees start a new replay when a
+# forward follows a backward, which frees the outputs of the step's first G forward while the G
+# update still needs them (D's real and fake passes sit between): on an H200 (torch 2.11) the first
+# step fails with "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent
+# run". Refused there at start-up instead, with the modes that work.
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def compiled(accelerator, G, D, mode: str):
@@ -60,6 +66,10 @@ def compiled(accelerator, G, D, mode: str):
     step freezes it), so it holds two graphs."""
     if mode == "off":
         return G, D
+    if accelerator.device.type == "cuda" and mode in CUDAGRAPH_MODES:
+        raise ConfigError(f"train.compile={mode} captures CUDA graphs, which this training step does not support on a "
+                          "GPU yet (the G update reuses outputs that a later graph replay overwrites): use "
+                          "train.compile=default or max-autotune-no-cudagraphs, or off")
     if engines.is_deepspeed(accelerator):
         raise ConfigError(f"train.compile={mode} is not supported with DeepSpeed engines: use train.compile=off "
                           "or a DDP launch config")

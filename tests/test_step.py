@@ -98,3 +98,20 @@ def test_steps_are_a_function_of_the_seeds(accelerator, case):
     assert torch.equal(s_a, s_b) and torch.equal(n_a, n_b)
     assert w_a.keys() == w_b.keys() and all(torch.equal(w_a[k], w_b[k]) for k in w_a)
     assert not torch.equal(s_a, s_c) and any(not torch.equal(w_a[k], w_c[k]) for k in w_a)
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_cuda_graph_compile_modes_are_refused_on_a_gpu_with_the_working_modes(mode):
+    """On a GPU these modes fail in the first step (CUDA-graph outputs overwritten between G's forward and
+    its update; seen on an H200): refused before any step, naming the key and the modes that work."""
+    from types import SimpleNamespace
+
+    from dcgan_dist.config import ConfigError
+    from dcgan_dist.step import compiled
+
+    gpu = SimpleNamespace(device=torch.device("cuda"), distributed_type=None)
+    with pytest.raises(ConfigError, match=f"train.compile={mode}.*train.compile=default or max-autotune-no-cudagraphs"):
+        compiled(gpu, torch.nn.Identity(), torch.nn.Identity(), mode)
+    cpu = SimpleNamespace(device=torch.device("cpu"), distributed_type=None)
+    G, D = compiled(cpu, torch.nn.Identity(), torch.nn.Identity(), mode)  # no CUDA graphs on a CPU: allowed
+    assert G is not None and D is not None
