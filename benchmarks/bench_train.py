@@ -52,8 +52,8 @@ TARGETS = {"compute_fp32": (">=", 0.97), "compute_bf16": (">=", 0.97), "two_proc
 STANDARD = dict(res=64, width=64, z=100, batch=64)
 TINY = dict(res=32, width=8, z=16, batch=2)
 # Every stabiliser of the step: DiffAugment, EMA (on by default), one-sided smoothing, label noise, D dropout.
-# quickstart.yaml sets nothing the overrides below do not replace except data.workers (2, the
-# schema's default too): "default" rows train with the schema's defaults.
+# quickstart.yaml sets nothing the overrides below do not replace: "default" rows train with the
+# schema's defaults (data.workers=auto: 2 on a CPU, up to 8 on a GPU).
 BASE_CONFIG = "configs/quickstart.yaml"
 ALL = ["augment.policy=color,translation,cutout", "loss.real_label=0.9", "loss.label_flip=0.1", "model.d_dropout=0.2"]
 

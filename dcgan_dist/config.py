@@ -15,11 +15,12 @@ import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .data.workers import check_setting as check_workers
 from .errors import UserError
 
 
@@ -40,7 +41,8 @@ class RunCfg:
 class DataCfg:
     shards: str = opt("data/digits32/digits-{000000..000007}.tar",
                       "webdataset shards: a local glob, a brace pattern or any URL webdataset opens")
-    workers: int = opt(2, "DataLoader worker processes per rank (each reads its own shards)")
+    workers: Union[int, str] = opt("auto", "DataLoader worker processes per rank (each reads its own shards); auto = "
+                                           "on a GPU the rank's share of the node's cores less one, at most 8; on a CPU 2")
     shuffle_buffer: int = opt(512, "samples held in each worker's shuffle buffer")
     hflip: bool = opt(False, "random horizontal flips (faces, fruits; not for digits)")
     prefetch: int = opt(4, "batches each worker prepares ahead")
@@ -283,7 +285,8 @@ def validate(cfg: Config) -> None:
          "model.z_dim, model.g_width and model.d_width must be > 0")
     need(0.0 <= cfg.model.d_dropout < 1.0, f"model.d_dropout must be in [0, 1) (got {cfg.model.d_dropout})")
     _validate_training_options(cfg, need)
-    need(cfg.data.workers >= 0, f"data.workers must be >= 0 (got {cfg.data.workers})")
+    workers_problem = check_workers(cfg.data.workers)
+    need(workers_problem is None, workers_problem or "")
     need(cfg.data.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1 (got {cfg.data.shuffle_buffer})")
     need(cfg.data.prefetch >= 1, f"data.prefetch must be >= 1 (got {cfg.data.prefetch})")
     need(bool(cfg.data.shards), "data.shards must name the training shards (see `python -m dcgan_dist.prepare --help`)")

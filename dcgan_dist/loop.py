@@ -22,7 +22,7 @@ from .config import Config
 from .ema import GeneratorEMA
 from .evaluator import TrainingEvaluator
 from .grid import SampleGrid
-from .monitors import CollapseMonitor, DivergenceMonitor
+from .monitors import CollapseMonitor, DivergenceMonitor, LoaderMonitor
 from .optim import apply_schedule
 from .runtime import StopRequest, batch_per_rank
 from .step import STEP_STATS, GANStep
@@ -66,6 +66,8 @@ class Loop:
         self.stats = StepStats(accelerator.device, STEP_STATS)
         self.divergence = DivergenceMonitor(cfg)
         self.collapse = CollapseMonitor(cfg, self.cadence.total, self.cadence.tick, accelerator.is_main_process)
+        self.data_monitor = LoaderMonitor(cfg, accelerator.device.type, accelerator.is_main_process)
+        self.data_wait = 0.0  # seconds of this tick spent waiting for the loader (host time: no device sync)
         self.bad_total = 0
         self.tick_start_nimg, self.tick_start_time, self.maintenance_time = progress.nimg, time.time(), 0.0
 
@@ -79,7 +81,10 @@ class Loop:
                             self.stop.signame or "signal on another rank", self.progress.nimg / 1000)
                 self.maintenance(final=True, stopping=True)
                 return "stopped"
-            self.train_step(next(self.batches))
+            t0 = time.perf_counter()
+            batch = next(self.batches)
+            self.data_wait += time.perf_counter() - t0
+            self.train_step(batch)
             if self.cadence.tick_due(self.progress.nimg):
                 self.maintenance()
                 self.cadence.tick_done(self.progress.nimg)
@@ -119,7 +124,7 @@ class Loop:
             self.save_checkpoint()
             c.checkpoint.done(nimg)
         self.maintenance_time = time.time() - t0
-        self.tick_start_nimg, self.tick_start_time = nimg, time.time()
+        self.tick_start_nimg, self.tick_start_time, self.data_wait = nimg, time.time(), 0.0
 
     def report(self) -> None:
         """Reduce the tick's stats across ranks (one collective), check them, log them."""
@@ -135,6 +140,9 @@ class Loop:
             "Speed/img_per_sec": (nimg - self.tick_start_nimg) / train_time,
             "Speed/sec_per_kimg": train_time * 1000 / max(nimg - self.tick_start_nimg, 1),
             "Speed/maintenance_sec": self.maintenance_time,
+            # This rank's share of the tick spent waiting for batches (rank zero's is logged): ~0 when
+            # the step sets the pace.
+            "Speed/data_wait": min(self.data_wait / train_time, 1.0),
             "LR/G": self.m.opt_g.param_groups[0]["lr"],
             "LR/D": self.m.opt_d.param_groups[0]["lr"],
             "Data/bad_samples": float(self.bad_total),
@@ -142,6 +150,7 @@ class Loop:
         })
         if self.dataset_size:
             values["Progress/epoch"] = nimg / self.dataset_size
+        self.data_monitor.check(values["Speed/data_wait"], nimg)
         if self.tracker:
             self.tracker.tick(nimg, values)
             self.tracker.heartbeat(nimg)  # status.json: this run is alive (report tells dead runs by it)

@@ -1,6 +1,7 @@
 """Checks on each tick's reduced statistics: divergence (non-finite or exploding losses) and mode
 collapse. Every rank sees the same reduced values, so every rank reaches the same verdict at the
-same tick and a divergence stops all of them together."""
+same tick and a divergence stops all of them together. And one on the speed: a loader that keeps
+the GPU waiting."""
 
 from __future__ import annotations
 
@@ -63,3 +64,31 @@ class CollapseMonitor:
                         "augment.policy=color,translation,cutout, loss.label_flip, model.d_dropout or a lower optim.d_lr",
                         nimg / 1000, ratio, self.threshold)
         self.warned = ratio < self.threshold
+
+
+class LoaderMonitor:
+    """Warns once, on rank zero of a GPU run, when the training process spent more than a quarter of
+    a tick waiting for batches: the data loader, not the GPU, then sets the speed. On one H200 the
+    default of the CPU configs (2 workers) held a batch-512 run to a quarter of the bare loop's
+    img/s (README: Performance). The first tick of each start is exempt (the workers start up)."""
+
+    THRESHOLD = 0.25
+
+    def __init__(self, cfg: Config, device_type: str, is_main: bool):
+        self.enabled = is_main and device_type == "cuda"
+        self.cfg = cfg
+        self.ticks = 0
+        self.warned = False
+
+    def check(self, data_wait: float, nimg: int) -> None:
+        self.ticks += 1
+        if not self.enabled or self.warned or self.ticks < 2 or data_wait <= self.THRESHOLD:
+            return
+        self.warned = True
+        d = self.cfg.data
+        fix = ("raise data.workers (each worker decodes a few thousand images per second) or set data.cache=memory "
+               "if the set fits in RAM" if d.cache != "memory" else "the in-process cache builds batches on the "
+               "training process's core: use data.cache=none with more data.workers")
+        log.warning("the training process waited for batches %.0f%% of the tick to kimg %.3f (Speed/data_wait): "
+                    "the data loader sets the speed, not the GPU (data.workers=%s, data.cache=%s). Fix: %s",
+                    100 * data_wait, nimg / 1000, d.workers, d.cache, fix)

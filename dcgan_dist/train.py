@@ -23,7 +23,7 @@ from . import checkpoint, config, engines, errors, layout, runlock, runtime, tra
 from .cadence import total_nimg
 from .checkpoint import CheckpointError, CheckpointManager, Progress
 from .config import Config, ConfigError
-from .data import cache, locate, stream
+from .data import cache, locate, stream, workers
 from .ema import build_ema
 from .errors import UserError
 from .evaluator import TrainingEvaluator
@@ -52,19 +52,37 @@ def overridden(cfg: Config, overrides: list[str]) -> dict:
     return {k: OmegaConf.select(resolved, k) for k in keys if not k.startswith("run.")}
 
 
-def build_data(cfg: Config, accelerator, progress: Progress):
-    """Find and check the shards, then this rank's endless batch stream, positioned at `progress`."""
-    def find() -> locate.ShardSet:
+def locate_data(cfg: Config, accelerator) -> locate.ShardSet:
+    """Find and check the shards, and settle `data.workers` (auto: see data/workers.py) for every rank."""
+    def find() -> tuple[locate.ShardSet, int]:
         shards = locate.resolve(cfg.data.shards, cfg.model.resolution, cfg.model.channels)
+        n = workers.resolve(cfg.data.workers, device_type=accelerator.device.type, shards=len(shards.urls),
+                            ranks=accelerator.num_processes)
         locate.check(shards, resolution=cfg.model.resolution, channels=cfg.model.channels,
-                     ranks=accelerator.num_processes, workers=cfg.data.workers)
-        return shards
+                     ranks=accelerator.num_processes, workers=n)
+        return shards, n
 
     # Each node's first rank goes first (it may write the embedded set once per node); an error it
     # finds reaches the other ranks as the same message instead of a broken barrier.
     first = accelerator.is_local_main_process
-    shards = runtime.agree(accelerator, lambda: find() if first else None, (UserError,))
-    shards = runtime.agree(accelerator, lambda: shards if first else find(), (UserError,))
+    found = runtime.agree(accelerator, lambda: find() if first else None, (UserError,))
+    shards, n = runtime.agree(accelerator, lambda: found if first else find(), (UserError,))
+    # One number for all ranks (the shards are split by rank x worker): rank zero's, where nodes differ.
+    n = runtime.agree(accelerator, lambda: n, (UserError,), only_main=True)
+    if cfg.data.workers == workers.AUTO:
+        log.info("data.workers=auto: %d loader worker(s) per rank (%s, %d CPU(s) for %d rank(s) on this node, "
+                 "%d shards)", n, accelerator.device.type, workers.usable_cpus(), workers.local_ranks(),
+                 len(shards.urls))
+    cfg.data.workers = n  # what the run records (config.yaml, checkpoint meta) and a resume compares
+    check_classes(cfg, shards)
+    if shards.counts is None:
+        log.warning("no dataset.json beside the shards: epoch length is unknown and a resume re-reads the "
+                    "skipped samples (write shards with `python -m dcgan_dist.prepare` to get one)")
+    return shards
+
+
+def build_loader(cfg: Config, accelerator, shards: locate.ShardSet, progress: Progress):
+    """This rank's endless batch stream over `shards`, positioned at `progress`."""
     counts = shards.counts
     spec = stream.StreamSpec(
         urls=tuple(shards.urls), counts=tuple(counts) if counts else None,
@@ -72,15 +90,10 @@ def build_data(cfg: Config, accelerator, progress: Progress):
         world_size=accelerator.num_processes, workers=max(1, cfg.data.workers),
         resolution=cfg.model.resolution, channels=cfg.model.channels, seed=cfg.seed,
         shuffle_buffer=cfg.data.shuffle_buffer, hflip=cfg.data.hflip, start_batch=progress.step)
-    check_classes(cfg, shards)
-    if counts is None:
-        log.warning("no dataset.json beside the shards: epoch length is unknown and a resume re-reads the "
-                    "skipped samples (write shards with `python -m dcgan_dist.prepare` to get one)")
     pin = accelerator.device.type == "cuda"
     if cfg.data.cache == "memory":  # decoded once, batches built here: no worker processes
-        return shards, cache.make_memory_loader(spec, pin_memory=pin, progress=accelerator.is_local_main_process)
-    loader = stream.make_loader(spec, cfg.data.workers, cfg.data.prefetch, pin_memory=pin)
-    return shards, loader
+        return cache.make_memory_loader(spec, pin_memory=pin, progress=accelerator.is_local_main_process)
+    return stream.make_loader(spec, cfg.data.workers, cfg.data.prefetch, pin_memory=pin)
 
 
 def check_classes(cfg: Config, shards) -> None:
@@ -189,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         arch = arch_signature(cfg.model)
         models = build_training(cfg, accelerator, precision)
         noise = runtime.noise_generator(cfg.seed, accelerator)
+        shards = locate_data(cfg, accelerator)  # before resume: it settles data.workers, which resume compares
         progress, rank_state = resume(cfg, accelerator, noise, arch)
-        shards, loader = build_data(cfg, accelerator, progress)
+        loader = build_loader(cfg, accelerator, shards, progress)
         evaluator = TrainingEvaluator.build(cfg, accelerator, shards)
         checkpoints = CheckpointManager(cfg, accelerator, arch, generator_kind="ema" if models.ema else "G")
         if accelerator.is_main_process:  # every start-up check passed: only now touch the run's records

@@ -120,8 +120,9 @@ CASES = {
                     "optim.d_beta1=0", "optim.g_beta1=0"],
     "bf16": ["train.mixed_precision=bf16", "augment.policy=translation,cutout", "loss.real_label=0.9"],
 }
+# data.workers as the trainer resolves it before anything records it (build_loop skips the loader).
 BASE = ["model.resolution=32", "model.channels=1", "model.g_width=8", "model.d_width=8", "model.z_dim=16",
-        "train.batch=8", "ema.half_life_kimg=1", "ema.bn_batches=1"]
+        "train.batch=8", "ema.half_life_kimg=1", "ema.bn_batches=1", "data.workers=2"]
 
 
 def build_loop(overrides: list[str], device: str = "cpu", run_dir: str = "unused") -> tuple[Loop, list[dict]]:

@@ -5,6 +5,8 @@ test_train_distributed.py, through the real launcher."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -40,8 +42,8 @@ def test_a_run_leaves_a_complete_run_directory(tmp_path, capsys):
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("Loss/D", "Loss/G", "D/real", "D/fake", "Speed/img_per_sec", "LR/G", "LR/D", "Progress/epoch",
-                "Diversity/ratio", "Diversity/fake", "Diversity/real", "Loss/GP"):
+    for tag in ("Loss/D", "Loss/G", "D/real", "D/fake", "Speed/img_per_sec", "Speed/data_wait", "LR/G", "LR/D",
+                "Progress/epoch", "Diversity/ratio", "Diversity/fake", "Diversity/real", "Loss/GP"):
         assert tag in tags, f"missing TensorBoard scalar {tag}; have {sorted(tags)}"
     losses = [e.value for e in events.Scalars("Loss/D")]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
@@ -49,6 +51,19 @@ def test_a_run_leaves_a_complete_run_directory(tmp_path, capsys):
     assert all(0 < r < 5 for r in ratios), ratios
     assert meta["generator"] == "ema"  # generator.safetensors holds the EMA of G (the default)
     assert {"Samples/fixed_noise", "Samples/reals"} <= set(events.Tags()["images"])
+
+
+def test_workers_auto_is_resolved_logged_and_recorded(tmp_path, capsys):
+    """On a CPU, auto means 2 workers: the log says so, and config.yaml and the checkpoint's meta record
+    the number (a resume compares it: the stream's order depends on it)."""
+    run_dir = tmp_path / "run"
+    assert train_inproc(CONFIG, TINY + [f"run.dir={run_dir}", "data.workers=auto", "train.kimg=0.064"]) == 0
+    err = capsys.readouterr().err
+    assert "data.workers=auto: 2 loader worker(s) per rank (cpu," in err
+    assert "workers: 2" in (run_dir / "config.yaml").read_text()
+    assert read_json(newest_checkpoint(run_dir) / "meta.json")["workers"] == 2
+    waits = [json.loads(line)["Speed/data_wait"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert len(waits) == 2 and all(0.0 <= w <= 1.0 for w in waits), waits
 
 
 def test_conditional_model_must_match_the_data_classes(tmp_path, capsys):
