@@ -28,6 +28,7 @@ from tqdm import tqdm
 from .locate import DataError
 from .stream import StreamSpec, _label, decode, raw_samples, replacements, worker_position
 from .tario import tar_samples
+from .workers import local_ranks
 
 # data.cache's values (config.validate checks against this list).
 MODES = ("none", "memory")
@@ -49,7 +50,7 @@ def available_memory() -> int:
 
 
 def _check_size(n_images: int, image_bytes: int, what: str) -> None:
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    ranks = local_ranks()
     need, free = n_images * image_bytes * ranks, available_memory()
     if need > MEMORY_FRACTION * free:
         raise DataError(

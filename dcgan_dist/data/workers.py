@@ -19,11 +19,8 @@ across different machines.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Union
-
-log = logging.getLogger("dcgan_dist")
 
 AUTO = "auto"
 AUTO_MAX_GPU = 8  # 8 x ~4.5k img/s of 64x64 decoding: above a DCGAN step's rate at batch 512 on an H200
