@@ -177,15 +177,18 @@ def launched_by_launcher() -> bool:
     return any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND"))
 
 
-def shutdown(accelerator: Accelerator) -> None:
+def shutdown(accelerator: Accelerator, together: bool = True) -> None:
     """End the process group without the gloo crash at interpreter exit.
 
     Rank 0 sometimes aborts after training ("terminate called without an active exception") when
     a gloo thread frees a tensor during interpreter shutdown. Freeing everything the accelerator
     holds and collecting garbage before ending the process group avoids it; the caller must have
-    dropped its own references to the prepared models, optimizers and loaders first.
+    dropped its own references to the prepared models, optimizers and loaders first. `together`:
+    every rank leaves through here at the same point (a barrier first); a rank leaving alone on its
+    own error must not wait for the others.
     """
-    accelerator.wait_for_everyone()
+    if together:
+        accelerator.wait_for_everyone()
     accelerator.free_memory()  # before end_training: under DeepSpeed it fails afterwards
     gc.collect()
     accelerator.end_training()

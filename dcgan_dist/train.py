@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(cfg.run.dir)
     # The console only, until the lock says this run.dir is ours: a refused start writes nothing there.
     tracking.setup_logging(None, accelerator.is_main_process, accelerator.process_index)
-    tracker = batches = lock = None
+    tracker = batches = lock = models = loader = checkpoints = evaluator = None
+    code, together = 0, True  # the exit status; whether every rank leaves through the same point
     started = False  # from here on the run's records (config.yaml, status.json) are this start's to write
     try:
         lock = claim_run_dir(accelerator, run_dir)
@@ -239,11 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.is_main_process or not collective:
             log.error("%s", e)
         record_failure(accelerator, run_dir, lock, started, str(e))
-        if collective and accelerator.num_processes > 1:
-            # Every rank raised it at the same point: leave together, before torchrun, seeing one rank
-            # gone, SIGTERMs the others.
-            accelerator.wait_for_everyone()
-        return errors.EXIT_USER_ERROR if isinstance(e, UserError) else 1
+        # Every rank raised a collective error at the same point: they leave together (below), before
+        # torchrun, seeing one rank gone, SIGTERMs the others. A rank's own error cannot wait for them.
+        together = collective
+        code = errors.EXIT_USER_ERROR if isinstance(e, UserError) else 1
     except BaseException as e:  # a bug or a crash: record it for `report`/Slurm, then show the traceback
         record_failure(accelerator, run_dir, lock, started, f"{type(e).__name__}: {e}")
         if runtime.peer_lost(e):
@@ -263,10 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             batches._shutdown_workers()
         if lock is not None:  # last: after the final status and the workers (forked with its descriptor)
             lock.release()
-    # Drop every reference to the prepared objects before the process group ends (see runtime.shutdown).
-    del models, loader, checkpoints, evaluator
-    runtime.shutdown(accelerator)
-    return 0
+    # Drop every reference to the prepared objects before the process group ends (see runtime.shutdown):
+    # on the error paths too, or rank 0 can abort at exit and turn exit status 2 into SIGABRT.
+    models = loader = checkpoints = evaluator = None
+    runtime.shutdown(accelerator, together=together)
+    return code
 
 
 if __name__ == "__main__":
