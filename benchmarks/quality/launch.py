@@ -123,8 +123,10 @@ class Launch:
                   "state": state, "stopped_by": stopped_by, "kimg": status.get("kimg"),
                   "world_size": status.get("world_size"), "checkpoint": status.get("checkpoint"),
                   "signal_after_s": sent_wall, "ticks": len(stats.ticks), "_ticks": stats.ticks}
+        # torchrun exits 1 after forwarding a SIGTERM even when every rank stopped cleanly: say so.
+        exit_note = f"launcher exit {rc}" + (" after the SIGTERM, as torchrun does" if sent_at is not None and rc else "")
         say(f"training ({self.name}): {state} at kimg {fmt_kimg(status.get('kimg') or 0)} after "
-            f"{fmt_duration(child.wall)} (launcher exit {rc}, world size {status.get('world_size')})")
+            f"{fmt_duration(child.wall)} ({exit_note}, world size {status.get('world_size')})")
         if self.calibrate:
             rate = statistics.median(speeds(stats.ticks[1:]) or speeds(stats.ticks))  # the 1st tick has warm-up
             record["calibrated_img_per_sec"] = rate
