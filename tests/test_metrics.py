@@ -227,8 +227,9 @@ def test_stats_files_are_pytorch_fid_compatible(tmp_path):
 
 # ---- 2 processes through the real launcher ------------------------------------------------------
 
-def _worker(out: str) -> None:
-    """Run by `accelerate launch` (2 ranks) and in the test's process (1 rank): the same statistics."""
+def _worker(out: str):
+    """Run by `accelerate launch` (2 ranks) and in the test's process (1 rank): the same statistics.
+    Returns the accelerator, for the launched script to end its process group with."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
@@ -272,6 +273,7 @@ def _worker(out: str) -> None:
         torch.save({"world": acc.num_processes, "gen": gen.flat(), "real": real.flat(), "per_rank": per_rank,
                     "ref_mu": ref.mu, "plain": plain.flat()}, Path(out) / f"stats_w{acc.num_processes}.pt")
     acc.wait_for_everyone()
+    return acc
 
 
 @pytest.mark.slow
@@ -309,4 +311,7 @@ def test_two_processes_compute_the_statistics_of_one(tmp_path):
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    from dcgan_dist.runtime import shutdown
+
+    # Leaving without ending the gloo group sometimes aborts a rank at interpreter exit.
+    shutdown(_worker(sys.argv[1]))

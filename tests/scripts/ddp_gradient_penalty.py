@@ -16,6 +16,7 @@ from accelerate import Accelerator
 
 from dcgan_dist.losses import d_wasserstein, gradient_penalty
 from dcgan_dist.models import Discriminator
+from dcgan_dist.runtime import shutdown
 
 
 def loss_of(D, real, fake, seed):
@@ -27,6 +28,7 @@ def main():
     acc = Accelerator(cpu=True)
     for norm in sys.argv[1:] or ["layer"]:
         check(acc, norm)
+    shutdown(acc)  # leaving without ending the gloo group sometimes aborts a rank at interpreter exit
 
 
 def check(acc, norm: str) -> None:

@@ -23,6 +23,7 @@ from dcgan_dist.metrics.features import gather_features
 from dcgan_dist.metrics.kid import kid
 from dcgan_dist.metrics.precision_recall import knn_sq_radii, precision_recall
 from dcgan_dist.metrics.reference import reference_stats
+from dcgan_dist.runtime import shutdown
 
 import standins  # tests/standins.py: the test puts tests/ on PYTHONPATH
 
@@ -100,6 +101,7 @@ def main(argv):
 
         standins.install(setattr)
         sys.exit(evaluate.main(argv[1:]))
+    shutdown(acc)  # leaving without ending the gloo group sometimes aborts a rank at interpreter exit
 
 
 if __name__ == "__main__":
