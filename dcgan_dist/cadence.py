@@ -23,6 +23,22 @@ def total_nimg(cfg: Config) -> int:
     return int(round(cfg.train.kimg * 1000))
 
 
+def budget_seconds(cfg: Config) -> Optional[float]:
+    """The time budget `train.minutes` in seconds, or None when there is none."""
+    return cfg.train.minutes * 60 if cfg.train.minutes > 0 else None
+
+
+def nothing_left(cfg: Config, nimg: int, seconds: float) -> Optional[str]:
+    """Why a run resumed at `nimg` images and `seconds` of training has nothing left to train, if so."""
+    if nimg >= total_nimg(cfg):
+        return f"already trained to kimg {nimg / 1000:.3f} >= train.kimg={cfg.train.kimg:g}; raise train.kimg to continue"
+    budget = budget_seconds(cfg)
+    if budget is not None and seconds >= budget:
+        return (f"the time budget is spent: {seconds / 60:.1f} minutes of training >= train.minutes={cfg.train.minutes:g} "
+                f"(kimg {nimg / 1000:.3f}); raise train.minutes (or set it to 0) to continue")
+    return None
+
+
 class Every:
     """An interval of images: due once each time the counter crosses a multiple of it."""
 

@@ -95,6 +95,9 @@ class OptimCfg:
 @dataclass
 class TrainCfg:
     kimg: float = opt(100.0, "training length in thousands of real images shown to D (all ranks together)")
+    minutes: float = opt(0.0, "a time budget: training ends (final samples, evaluation and checkpoint, state complete) "
+                              "at the first tick past this many minutes of training, summed over resumes and "
+                              "saved in checkpoints, or at train.kimg, whichever comes first; 0 = no time limit")
     batch: int = opt(64, "global batch size (all ranks together); must divide by the number of processes")
     mixed_precision: str = opt("auto", "no | bf16 | fp16 | auto (= the accelerate launch config's setting)")
     tick_kimg: float = opt(1.0, "maintenance cadence: stats, logs and the progress line every this many kimg")
@@ -271,6 +274,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
     need(cfg.train.kimg > 0, f"train.kimg must be > 0 (got {cfg.train.kimg})")
+    need(cfg.train.minutes >= 0, f"train.minutes must be >= 0 (0 = no time limit; got {cfg.train.minutes})")
     need(cfg.train.batch > 0, f"train.batch must be > 0 (got {cfg.train.batch})")
     need(cfg.train.tick_kimg > 0, f"train.tick_kimg must be > 0 (got {cfg.train.tick_kimg})")
     need(cfg.train.sample_every_kimg > 0, "train.sample_every_kimg must be > 0")

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import torch
 
 from . import checkpoint, layout
-from .cadence import Cadence
+from .cadence import Cadence, budget_seconds
 from .checkpoint import CheckpointManager, Progress
 from .config import Config
 from .ema import GeneratorEMA
@@ -70,9 +70,15 @@ class Loop:
         self.data_wait = 0.0  # seconds of this tick spent waiting for the loader (host time: no device sync)
         self.bad_total = 0
         self.tick_start_nimg, self.tick_start_time, self.maintenance_time = progress.nimg, time.time(), 0.0
+        # train.minutes: training time is this launch's loop time (maintenance included) on top of what the
+        # checkpoint we resumed from had counted; startup is not training.
+        self.budget = budget_seconds(cfg)
+        self.clock_start, self.seconds_at_start = time.monotonic(), progress.seconds
+        self.time_up = False  # decided on the tick's reduced statistics: the same on every rank
 
     def run(self) -> str:
-        """Train until `train.kimg` or a stop signal; returns 'complete' or 'stopped'."""
+        """Train until `train.kimg`, the time budget `train.minutes` or a stop signal; returns 'complete'
+        or 'stopped'."""
         if self.progress.nimg == 0:
             self.sample_grid()  # the untrained generator: the first frame of the progress animation
         while self.progress.nimg < self.cadence.total:
@@ -86,7 +92,11 @@ class Loop:
             self.data_wait += time.perf_counter() - t0
             self.train_step(batch)
             if self.cadence.tick_due(self.progress.nimg):
-                self.maintenance()
+                self.maintenance()  # the run's last one when the time budget is spent (self.time_up)
+                if self.time_up:
+                    log.info("time budget spent: %.1f minutes of training >= train.minutes=%g, at kimg %.3f",
+                             self.progress.seconds / 60, self.cfg.train.minutes, self.progress.nimg / 1000)
+                    return "complete"
                 self.cadence.tick_done(self.progress.nimg)
         self.maintenance(final=True)
         return "complete"
@@ -109,8 +119,10 @@ class Loop:
     def maintenance(self, final: bool = False, stopping: bool = False) -> None:
         """At a tick boundary: report the tick, then whatever of samples, evaluation, checkpoint is due."""
         nimg, c = self.progress.nimg, self.cadence
+        self.progress.seconds = self.seconds_at_start + time.monotonic() - self.clock_start
         if self.stats.steps > 0:  # a stop right after a tick has nothing new to report (it would log zeros)
             self.report()
+        final = final or self.time_up
         t0 = time.time()
         if c.sample.due(nimg, final):
             self.sample_grid()
@@ -129,7 +141,9 @@ class Loop:
     def report(self) -> None:
         """Reduce the tick's stats across ranks (one collective), check them, log them."""
         nimg = self.progress.nimg
-        values, bad = self.stats.reduce(self.accelerator)
+        # The training time rides along in the tick's one collective, averaged over ranks: every rank
+        # then takes the same decision on the time budget.
+        values, bad = self.stats.reduce(self.accelerator, host_means={"Progress/minutes": self.progress.seconds / 60})
         self.bad_total += bad
         self.divergence.check(values, self.tick_start_nimg, nimg, self.checkpoints.last)
         values["Diversity/ratio"] = values["Diversity/fake"] / max(values["Diversity/real"], 1e-12)
@@ -151,12 +165,17 @@ class Loop:
         if self.dataset_size:
             values["Progress/epoch"] = nimg / self.dataset_size
         self.data_monitor.check(values["Speed/data_wait"], nimg)
+        left = self.budget - values["Progress/minutes"] * 60 if self.budget is not None else None
+        self.time_up = left is not None and left <= 0
+        if self.tracker and left is not None:  # the bar ends where the budget will: at this speed, this image count
+            self.tracker.retarget(min(self.cadence.total, nimg + int(max(left, 0) * values["Speed/img_per_sec"])))
         if self.tracker:
             self.tracker.tick(nimg, values)
             self.tracker.heartbeat(nimg)  # status.json: this run is alive (report tells dead runs by it)
-        log.info("kimg %9.3f/%.3f | D %.4f G %.4f | D(x) %.3f D(G(z)) %.3f | %.1f img/s%s",
+        log.info("kimg %9.3f/%.3f | D %.4f G %.4f | D(x) %.3f D(G(z)) %.3f | %.1f img/s%s%s",
                  nimg / 1000, self.cadence.total / 1000, values["Loss/D"], values["Loss/G"], values["D/real"],
                  values["D/fake"], values["Speed/img_per_sec"],
+                 f" | {max(left, 0) / 60:.1f} of {self.cfg.train.minutes:g} min left" if left is not None else "",
                  f" | {self.bad_total} bad samples replaced" if self.bad_total else "")
 
     def sampler(self) -> torch.nn.Module:

@@ -87,13 +87,20 @@ class StepStats:
         self.steps += 1
         self.bad_samples += bad_samples
 
-    def reduce(self, accelerator) -> tuple[dict[str, float], int]:
-        host = torch.tensor([float(self.steps), float(self.bad_samples)], dtype=torch.float64, device=self.device)
+    def reduce(self, accelerator, host_means: Optional[dict[str, float]] = None) -> tuple[dict[str, float], int]:
+        """`host_means`: host numbers to average over the ranks in the same collective (every rank then
+        holds the same value, so decisions taken on it agree without another collective)."""
+        extra = dict(host_means or {})
+        host = torch.tensor([*extra.values(), float(self.steps), float(self.bad_samples)], dtype=torch.float64,
+                            device=self.device)
         packed = accelerator.reduce(torch.cat([self.sums, host]), reduction="sum").cpu()  # the tick's one sync
         steps = max(packed[-2].item(), 1.0)
         self.sums.zero_()
         self.steps = self.bad_samples = 0
-        return {name: packed[i].item() / steps for i, name in enumerate(self.names)}, int(packed[-1].item())
+        values = {name: packed[i].item() / steps for i, name in enumerate(self.names)}
+        n = len(self.names)
+        values.update({k: packed[n + i].item() / accelerator.num_processes for i, k in enumerate(extra)})
+        return values, int(packed[-1].item())
 
 
 class RunDirError(UserError, OSError):
@@ -146,6 +153,14 @@ class Tracker:
 
     def step(self, nimg: int) -> None:
         self.bar.update(nimg)
+
+    def retarget(self, total_nimg: int) -> None:
+        """The run's end moved (a time budget: the images it will reach at the current speed): the bar
+        and status.json's total_kimg follow it."""
+        self.total_nimg = total_nimg
+        if total_nimg != self.bar.total:
+            self.bar.total = total_nimg
+            self.bar.refresh()
 
     @_writes("the tick's statistics (stats.jsonl, TensorBoard)")
     def tick(self, nimg: int, values: dict[str, float]) -> None:

@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
 from . import checkpoint, config, engines, errors, layout, runlock, runtime, tracking
-from .cadence import total_nimg
+from .cadence import nothing_left, total_nimg
 from .checkpoint import CheckpointError, CheckpointManager, Progress
 from .config import Config, ConfigError
 from .data import cache, locate, stream, workers
@@ -219,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         started = True
         stop = runtime.StopRequest(accelerator.num_processes)  # before the loader forks its workers
         batches = iter(loader)
-        if progress.nimg >= total_nimg(cfg):
-            log.info("already trained to kimg %.3f >= train.kimg=%g; raise train.kimg to continue",
-                     progress.nimg / 1000, cfg.train.kimg)
+        done = nothing_left(cfg, progress.nimg, progress.seconds)  # the same answer on every rank
+        if done:
+            log.info("%s", done)
             outcome = "complete"
         else:
             outcome = Loop(cfg, accelerator, models, batches, noise, progress, stop, tracker, checkpoints,

@@ -59,6 +59,7 @@ def test_wrong_type_names_the_key(tmp_path):
     ("model.d_norm=instance", "model.d_norm"), ("optim.schedule=linear", "optim.schedule"),
     ("optim.d_beta2=1.0", "optim.d_beta2"), ("augment.policy=color,blur", "augment.policy"),
     ("ema.half_life_kimg=-1", "ema.half_life_kimg"), ("model.num_classes=-2", "model.num_classes"),
+    ("train.minutes=-5", "train.minutes"),
     ("data.workers=-1", "data.workers must be auto or a number"), ("data.workers=many", "data.workers must be auto"),
 ])
 def test_semantic_checks_name_the_key(override, key):

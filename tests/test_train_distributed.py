@@ -185,3 +185,35 @@ def test_bf16_autocast_on_two_cpu_processes(tmp_path):
     assert meta["world_size"] == 2 and meta["param_digests"][0] == meta["param_digests"][1]
     stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert stats and all(math.isfinite(s["Loss/D"]) and math.isfinite(s["Loss/G"]) for s in stats)
+
+
+def test_time_budget_ends_the_run_on_every_rank_and_more_time_continues_it(tmp_path, capsys):
+    """train.minutes through the real launcher: both ranks stop at the first tick past the budget with a
+    final checkpoint, the time is saved in it, a re-run has nothing to do and a larger budget trains on."""
+    run_dir = tmp_path / "run"
+    overrides = TINY + [f"run.dir={run_dir}", "train.kimg=100", "train.minutes=0.1"]  # 6 s; 100 kimg: hours
+    proc = launch(CONFIG, overrides, timeout=300)
+    assert "world size 2" in proc.stderr and "time budget spent" in proc.stderr, proc.stderr[-3000:]
+    status = read_json(run_dir / "status.json")
+    assert status["state"] == "complete" and status["world_size"] == 2
+    # status.json's (and the progress bar's) end is where the budget ended the run, not train.kimg.
+    assert status["total_kimg"] < 100
+    minutes = [json.loads(line)["Progress/minutes"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert all(m < 0.1 for m in minutes[:-1]) and minutes[-1] >= 0.1, minutes  # the first tick past it
+    ckpt = newest_checkpoint(run_dir)
+    meta = read_json(ckpt / "meta.json")
+    assert meta["world_size"] == 2 and meta["param_digests"][0] == meta["param_digests"][1]
+    assert 6.0 <= meta["train_seconds"] < 60 and 0 < meta["nimg"] < 100_000
+    assert meta["nimg"] == round(status["kimg"] * 1000)
+
+    # The same command again: the budget is spent, nothing is trained and nothing is written.
+    assert train_inproc(CONFIG, overrides) == 0
+    assert "the time budget is spent" in capsys.readouterr().err
+    assert newest_checkpoint(run_dir) == ckpt
+
+    # A larger budget continues the run; the time keeps adding up across launches.
+    assert train_inproc(CONFIG, overrides[:-1] + ["train.minutes=0.15"]) == 0
+    err = capsys.readouterr().err
+    assert f"resumed from {ckpt}" in err and "time budget spent" in err
+    again = read_json(newest_checkpoint(run_dir) / "meta.json")
+    assert again["nimg"] > meta["nimg"] and again["train_seconds"] >= 9.0

@@ -15,11 +15,13 @@ Run it from the repository root. Everything runs through the project's real comm
 subprocesses, in this order:
 
 1. Train: `accelerate launch --config_file LAUNCH -m dcgan_dist.train CONFIG [key=value ...]
-   run.dir=RUN train.kimg=K checkpoint.every_kimg=E checkpoint.keep=1000 eval.every_kimg=0` (no
-   FID during training: the wall time is training alone). The budget `--minutes` counts from the
+   run.dir=RUN train.kimg=K train.minutes=M checkpoint.every_kimg=E checkpoint.keep=1000 eval.every_kimg=0`
+   (no FID during training: the wall time is training alone). The budget `--minutes` counts from the
    launch: when it is spent the launcher gets SIGTERM, every rank saves a checkpoint and exits, and
    status.json must then say "stopped" (anything else is an error). The stop comes at the trainer's
-   first tick at the earliest (before that it may not yet handle the signal). `--kimg` stops by
+   first tick at the earliest (before that it may not yet handle the signal). M is --minutes + 1:
+   the trainer's own budget counts training time only, so it never ends the run before the SIGTERM
+   does; it gives the trainer's progress bar its true end (0 without --minutes). `--kimg` stops by
    image count instead (train.kimg; 1,000,000 when only --minutes is given); with both, whichever
    comes first.
    Checkpoint spacing E aims at `--checkpoints` N (10) checkpoints and is rounded to whole ticks

@@ -30,7 +30,8 @@ from .train import DEFAULT_KIMG, RECORD, Trainer, load_training
 
 DEFAULT_INCEPTION = REPO.parent / "shared" / "data" / "fid_inception" / "default_1.pt"
 # Keys the benchmark sets itself (each has its own flag, or is fixed by the benchmark).
-RESERVED = {"run.dir": "--run-dir", "train.kimg": "--kimg", "checkpoint.every_kimg": "--every-kimg",
+RESERVED = {"run.dir": "--run-dir", "train.kimg": "--kimg", "train.minutes": "--minutes",
+            "checkpoint.every_kimg": "--every-kimg",
             "checkpoint.keep": None, "eval.every_kimg": None, "resume": "--reuse"}
 
 

@@ -57,7 +57,13 @@ class Trainer:
 
     def command(self, every_kimg: float) -> list[str]:
         s = self.subject
+        # The wall-clock deadline (which counts start-ups too) is this benchmark's to enforce, by SIGTERM.
+        # The trainer gets a time budget a minute longer, which therefore never ends the run first: it
+        # only gives the trainer's progress bar and status.json the end that the deadline will give.
+        # Without --minutes: none (0), whatever the config says, so --kimg alone sets the length.
+        minutes = self.args.minutes + 1 if self.args.minutes is not None else 0
         return train_cmd(s.config, [*s.overrides, f"run.dir={self.run}", f"train.kimg={self.kimg:g}",
+                                    f"train.minutes={minutes:g}",
                                     f"checkpoint.every_kimg={every_kimg:g}", f"checkpoint.keep={KEEP}",
                                     "eval.every_kimg=0"], self.args.launch)
 

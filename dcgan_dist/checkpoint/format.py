@@ -28,6 +28,7 @@ class Progress:
 
     nimg: int = 0
     step: int = 0  # == batches each rank has consumed: the data position
+    seconds: float = 0.0  # training time so far, summed over launches (train.minutes counts it)
 
 
 def name_for(nimg: int) -> str:

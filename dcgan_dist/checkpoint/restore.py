@@ -79,4 +79,6 @@ def load(accelerator, path: Path) -> tuple[Progress, Optional[dict]]:
                               "resume=auto to take the newest intact checkpoint.")
     else:  # more ranks than when it was saved: they start from fresh noise (train.resume warns)
         rank_state = None
-    return Progress(nimg=int(meta["nimg"]), step=int(meta["step"])), rank_state
+    # Checkpoints from before train.minutes have no train_seconds: their time starts at 0.
+    return Progress(nimg=int(meta["nimg"]), step=int(meta["step"]),
+                    seconds=float(meta.get("train_seconds", 0.0))), rank_state
