@@ -165,7 +165,10 @@ class Loop:
         if self.dataset_size:
             values["Progress/epoch"] = nimg / self.dataset_size
         self.data_monitor.check(values["Speed/data_wait"], nimg)
-        left = self.budget - values["Progress/minutes"] * 60 if self.budget is not None else None
+        # The checkpoint keeps the agreed time, the one the decision below is taken on: a resume then
+        # sees a spent budget as spent.
+        self.progress.seconds = values["Progress/minutes"] * 60
+        left = self.budget - self.progress.seconds if self.budget is not None else None
         self.time_up = left is not None and left <= 0
         if self.tracker and left is not None:  # the bar ends where the budget will: at this speed, this image count
             self.tracker.retarget(min(self.cadence.total, nimg + int(max(left, 0) * values["Speed/img_per_sec"])))
