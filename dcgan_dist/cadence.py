@@ -3,6 +3,8 @@
 Every interval in the config is in kimg; a tick (`train.tick_kimg`) is the unit of maintenance,
 and samples, evaluations and checkpoints happen at the first tick boundary that crosses a
 multiple of their own interval, so their cadence survives resumes and changes of world size.
+The run ends at `train.kimg`, or at the first tick past `train.minutes` of training (a time
+budget, summed over resumes), whichever comes first.
 """
 
 from __future__ import annotations
