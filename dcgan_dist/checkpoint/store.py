@@ -121,7 +121,7 @@ def save(accelerator, run_dir: str | os.PathLike, progress: Progress, rank_state
             save_file({k: v.detach().float().cpu().contiguous() for k, v in generator.state_dict().items()},
                       str(tmp / GENERATOR))
         full_meta = {"format": FORMAT, "nimg": progress.nimg, "kimg": progress.nimg / 1000, "step": progress.step,
-                     "train_seconds": round(progress.seconds, 3),
+                     "train_seconds": progress.seconds,  # unrounded: rounding could put a spent budget under it
                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta,
                      "files": integrity.file_records(tmp)}  # every rank's files: all are written by now
         (tmp / META).write_text(json.dumps(full_meta, indent=2) + "\n")
