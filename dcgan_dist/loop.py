@@ -170,13 +170,16 @@ class Loop:
         self.progress.seconds = values["Progress/minutes"] * 60
         left = self.budget - self.progress.seconds if self.budget is not None else None
         self.time_up = left is not None and left <= 0
-        if self.tracker and left is not None:  # the bar ends where the budget will: at this speed, this image count
-            self.tracker.retarget(min(self.cadence.total, nimg + int(max(left, 0) * values["Speed/img_per_sec"])))
+        end = self.cadence.total
+        if left is not None:  # the run ends where the budget will: at this speed, this image count
+            end = min(end, nimg + int(max(left, 0) * values["Speed/img_per_sec"]))
+        if self.tracker and left is not None:
+            self.tracker.retarget(end)
         if self.tracker:
             self.tracker.tick(nimg, values)
             self.tracker.heartbeat(nimg)  # status.json: this run is alive (report tells dead runs by it)
         log.info("kimg %9.3f/%.3f | D %.4f G %.4f | D(x) %.3f D(G(z)) %.3f | %.1f img/s%s%s",
-                 nimg / 1000, self.cadence.total / 1000, values["Loss/D"], values["Loss/G"], values["D/real"],
+                 nimg / 1000, end / 1000, values["Loss/D"], values["Loss/G"], values["D/real"],
                  values["D/fake"], values["Speed/img_per_sec"],
                  f" | {max(left, 0) / 60:.1f} of {self.cfg.train.minutes:g} min left" if left is not None else "",
                  f" | {self.bad_total} bad samples replaced" if self.bad_total else "")

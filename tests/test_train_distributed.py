@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -198,6 +199,9 @@ def test_time_budget_ends_the_run_on_every_rank_and_more_time_continues_it(tmp_p
     assert status["state"] == "complete" and status["world_size"] == 2
     # status.json's (and the progress bar's) end is where the budget ended the run, not train.kimg.
     assert status["total_kimg"] < 100
+    # So is each tick's log line ("kimg  x/END | ... | M of 0.1 min left"), not x/100.000.
+    ends = [float(e) for e in re.findall(r"kimg +[0-9.]+/([0-9.]+) \|.* of 0\.1 min left", proc.stderr)]
+    assert ends and all(e < 100 for e in ends), proc.stderr[-3000:]
     minutes = [json.loads(line)["Progress/minutes"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert all(m < 0.1 for m in minutes[:-1]) and minutes[-1] >= 0.1, minutes  # the first tick past it
     ckpt = newest_checkpoint(run_dir)
